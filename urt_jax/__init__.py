@@ -1,0 +1,22 @@
+"""urt-jax: UnifiedReward-Think style multimodal chain-of-thought reward models on JAX."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def from_pretrained(model_dir, dtype=None, mesh=None, remat: str = "none"):
+    """Loads a Hugging Face Qwen2.5-VL directory as a flax.nnx model (see urt_jax.model.hf)."""
+    from urt_jax.model.hf import from_pretrained as _load
+
+    return _load(model_dir, dtype=dtype, mesh=mesh, remat=remat)
+
+
+def save_pretrained(model, out_dir, **kwargs) -> None:
+    """Writes a urt_jax model as a Hugging Face directory (see urt_jax.model.hf)."""
+    from urt_jax.model.hf import save_pretrained as _save
+
+    _save(model, out_dir, **kwargs)
+
+
+__all__ = ["__version__", "from_pretrained", "save_pretrained"]

@@ -1,0 +1,378 @@
+"""Hugging Face checkpoints <-> urt_jax Qwen2.5-VL, both directions from one table.
+
+Reads the legacy key layout of the published checkpoints (``model.layers.*``, ``visual.*``) and
+the layout transformers 4.52+ keeps in memory (``model.language_model.*``, ``model.visual.*``),
+single-file or sharded; writes the legacy layout (what transformers 5.x ``save_pretrained`` writes
+and every loader reads). Tensors are read one at a time from memory-mapped files and, with a mesh,
+placed straight into their shards, so the whole model never sits in host memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from urt_jax.model.config import ConfigError, Qwen25VLConfig
+from urt_jax.model.layers import DTypePolicy
+from urt_jax.model.qwen2_5_vl import Qwen25VL
+from urt_jax.model.safetensors_io import SafetensorsCheckpoint, save_safetensors
+
+log = logging.getLogger(__name__)
+
+# Files a model directory may carry besides weights and config; copied on save.
+AUX_FILES = (
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.json",
+    "chat_template.jinja",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+    "processor_config.json",
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint whose tensors do not match its config (missing, wrong shape, unexpected)."""
+
+
+# ------------------------------------------------------------------------------ the table
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    """How a HF tensor maps to an NNX parameter and back."""
+
+    name: str
+    to_nnx: Callable[[np.ndarray], np.ndarray]
+    to_hf: Callable[[np.ndarray, tuple[int, ...]], np.ndarray]  # (param, hf_shape) -> tensor
+
+
+IDENTITY = Transform("identity", lambda a: a, lambda a, shape: a)
+LINEAR = Transform("linear", lambda a: a.T, lambda a, shape: a.T)  # torch [out, in] <-> [in, out]
+CONV3D = Transform(  # torch Conv3d [D, C, T, p, p] <-> Dense kernel [C*T*p*p, D]
+    "conv3d", lambda a: a.reshape(a.shape[0], -1).T, lambda a, shape: a.T.reshape(shape)
+)
+
+_TEXT_LAYER_RULES = [
+    ("self_attn.q_proj.weight", "self_attn.q_proj.kernel", LINEAR),
+    ("self_attn.q_proj.bias", "self_attn.q_proj.bias", IDENTITY),
+    ("self_attn.k_proj.weight", "self_attn.k_proj.kernel", LINEAR),
+    ("self_attn.k_proj.bias", "self_attn.k_proj.bias", IDENTITY),
+    ("self_attn.v_proj.weight", "self_attn.v_proj.kernel", LINEAR),
+    ("self_attn.v_proj.bias", "self_attn.v_proj.bias", IDENTITY),
+    ("self_attn.o_proj.weight", "self_attn.o_proj.kernel", LINEAR),
+    ("mlp.gate_proj.weight", "mlp.gate_proj.kernel", LINEAR),
+    ("mlp.up_proj.weight", "mlp.up_proj.kernel", LINEAR),
+    ("mlp.down_proj.weight", "mlp.down_proj.kernel", LINEAR),
+    ("input_layernorm.weight", "input_layernorm.weight", IDENTITY),
+    ("post_attention_layernorm.weight", "post_attention_layernorm.weight", IDENTITY),
+]
+_VISION_BLOCK_RULES = [
+    ("norm1.weight", "norm1.weight", IDENTITY),
+    ("norm2.weight", "norm2.weight", IDENTITY),
+    ("attn.qkv.weight", "attn.qkv.kernel", LINEAR),
+    ("attn.qkv.bias", "attn.qkv.bias", IDENTITY),
+    ("attn.proj.weight", "attn.proj.kernel", LINEAR),
+    ("attn.proj.bias", "attn.proj.bias", IDENTITY),
+    ("mlp.gate_proj.weight", "mlp.gate_proj.kernel", LINEAR),
+    ("mlp.gate_proj.bias", "mlp.gate_proj.bias", IDENTITY),
+    ("mlp.up_proj.weight", "mlp.up_proj.kernel", LINEAR),
+    ("mlp.up_proj.bias", "mlp.up_proj.bias", IDENTITY),
+    ("mlp.down_proj.weight", "mlp.down_proj.kernel", LINEAR),
+    ("mlp.down_proj.bias", "mlp.down_proj.bias", IDENTITY),
+]
+_GLOBAL_RULES = [
+    ("model.embed_tokens.weight", "language_model.embed_tokens.embedding", IDENTITY),
+    ("model.norm.weight", "language_model.norm.weight", IDENTITY),
+    ("visual.patch_embed.proj.weight", "visual.patch_embed.proj.kernel", CONV3D),
+    ("visual.merger.ln_q.weight", "visual.merger.ln_q.weight", IDENTITY),
+    ("visual.merger.mlp.0.weight", "visual.merger.fc1.kernel", LINEAR),
+    ("visual.merger.mlp.0.bias", "visual.merger.fc1.bias", IDENTITY),
+    ("visual.merger.mlp.2.weight", "visual.merger.fc2.kernel", LINEAR),
+    ("visual.merger.mlp.2.bias", "visual.merger.fc2.bias", IDENTITY),
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    hf_key: str  # legacy layout name
+    path: tuple[str | int, ...]  # NNX state path
+    transform: Transform
+    hf_shape: tuple[int, ...]
+
+
+def _path(dotted: str) -> tuple[str | int, ...]:
+    return tuple(int(p) if p.isdigit() else p for p in dotted.split("."))
+
+
+def hf_shapes(config: Qwen25VLConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of the legacy layout, from the config alone."""
+    t, v = config.text, config.vision
+    d, hd, f = t.hidden_size, t.head_dim, t.intermediate_size
+    q, kv = t.num_attention_heads * hd, t.num_key_value_heads * hd
+    vd, vf = v.hidden_size, v.intermediate_size
+    ctx = vd * v.merge_unit
+    shapes = {
+        "model.embed_tokens.weight": (t.vocab_size, d),
+        "model.norm.weight": (d,),
+        "visual.patch_embed.proj.weight": (
+            vd,
+            v.in_channels,
+            v.temporal_patch_size,
+            v.patch_size,
+            v.patch_size,
+        ),
+        "visual.merger.ln_q.weight": (vd,),
+        "visual.merger.mlp.0.weight": (ctx, ctx),
+        "visual.merger.mlp.0.bias": (ctx,),
+        "visual.merger.mlp.2.weight": (v.out_hidden_size, ctx),
+        "visual.merger.mlp.2.bias": (v.out_hidden_size,),
+    }
+    if not config.tie_word_embeddings:
+        shapes["lm_head.weight"] = (t.vocab_size, d)
+    layer = {
+        "self_attn.q_proj.weight": (q, d),
+        "self_attn.q_proj.bias": (q,),
+        "self_attn.k_proj.weight": (kv, d),
+        "self_attn.k_proj.bias": (kv,),
+        "self_attn.v_proj.weight": (kv, d),
+        "self_attn.v_proj.bias": (kv,),
+        "self_attn.o_proj.weight": (d, q),
+        "mlp.gate_proj.weight": (f, d),
+        "mlp.up_proj.weight": (f, d),
+        "mlp.down_proj.weight": (d, f),
+        "input_layernorm.weight": (d,),
+        "post_attention_layernorm.weight": (d,),
+    }
+    block = {
+        "norm1.weight": (vd,),
+        "norm2.weight": (vd,),
+        "attn.qkv.weight": (3 * vd, vd),
+        "attn.qkv.bias": (3 * vd,),
+        "attn.proj.weight": (vd, vd),
+        "attn.proj.bias": (vd,),
+        "mlp.gate_proj.weight": (vf, vd),
+        "mlp.gate_proj.bias": (vf,),
+        "mlp.up_proj.weight": (vf, vd),
+        "mlp.up_proj.bias": (vf,),
+        "mlp.down_proj.weight": (vd, vf),
+        "mlp.down_proj.bias": (vd,),
+    }
+    for i in range(t.num_hidden_layers):
+        shapes.update({f"model.layers.{i}.{k}": s for k, s in layer.items()})
+    for i in range(v.depth):
+        shapes.update({f"visual.blocks.{i}.{k}": s for k, s in block.items()})
+    return shapes
+
+
+def conversion_rules(config: Qwen25VLConfig) -> list[Rule]:
+    shapes = hf_shapes(config)
+    rules = [(h, n, tr) for h, n, tr in _GLOBAL_RULES]
+    if not config.tie_word_embeddings:
+        rules.append(("lm_head.weight", "lm_head.kernel", LINEAR))
+    for i in range(config.text.num_hidden_layers):
+        rules += [
+            (f"model.layers.{i}.{h}", f"language_model.layers.{i}.{n}", tr)
+            for h, n, tr in _TEXT_LAYER_RULES
+        ]
+    for i in range(config.vision.depth):
+        rules += [
+            (f"visual.blocks.{i}.{h}", f"visual.blocks.{i}.{n}", tr)
+            for h, n, tr in _VISION_BLOCK_RULES
+        ]
+    return [Rule(h, _path(n), tr, shapes[h]) for h, n, tr in rules]
+
+
+_LAYOUT_RENAMES = [
+    (re.compile(r"^model\.language_model\."), "model."),
+    (re.compile(r"^model\.visual\."), "visual."),
+]
+
+
+def legacy_key(key: str) -> str:
+    """Maps a 4.52+/5.x in-memory key to the legacy on-disk key (legacy keys pass through)."""
+    for pattern, repl in _LAYOUT_RENAMES:
+        if pattern.match(key):
+            return pattern.sub(repl, key, count=1)
+    return key
+
+
+# ------------------------------------------------------------------------------ loading
+def _abstract_model(config: Qwen25VLConfig, policy: DTypePolicy, remat: str):
+    return nnx.eval_shape(lambda: Qwen25VL(config, dtype=policy, remat=remat, rngs=nnx.Rngs(0)))
+
+
+def checkpoint_dtype(ckpt: SafetensorsCheckpoint) -> str:
+    for key in ckpt.keys():
+        dt = ckpt.dtype(key)
+        if jnp.issubdtype(dt, jnp.floating):
+            return jnp.dtype(dt).name
+    return "float32"
+
+
+def load_params_from_hf(
+    model_dir: str,
+    config: Qwen25VLConfig,
+    abstract: Qwen25VL,
+    mesh: jax.sharding.Mesh | None = None,
+) -> nnx.State:
+    """Fills the abstract model's parameter state from the safetensors in model_dir."""
+    from urt_jax.sharding.rules import param_sharding
+
+    ckpt = SafetensorsCheckpoint.open(model_dir)
+    by_legacy: dict[str, str] = {}
+    for key in ckpt.keys():
+        lk = legacy_key(key)
+        if lk in by_legacy:
+            raise CheckpointError(
+                f"{model_dir}: tensor {lk!r} is stored twice (as {by_legacy[lk]!r} and {key!r})"
+            )
+        by_legacy[lk] = key
+    rules = conversion_rules(config)
+    expected = {r.hf_key for r in rules}
+    missing = [r.hf_key for r in rules if r.hf_key not in by_legacy]
+    if missing:
+        shapes = hf_shapes(config)
+        listing = ", ".join(f"{k} {shapes[k]}" for k in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise CheckpointError(
+            f"{model_dir}: missing tensor(s) {listing}{more} "
+            "(expected by config.json, not found in the safetensors files)"
+        )
+    ignorable = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    unexpected = sorted(k for k in by_legacy if k not in expected and k not in ignorable)
+    if unexpected:
+        log.warning(
+            "%s: ignoring %d tensor(s) not used by Qwen2.5-VL: %s",
+            model_dir,
+            len(unexpected),
+            ", ".join(unexpected[:5]),
+        )
+
+    _, abstract_state = nnx.split(abstract)
+    flat = dict(nnx.to_flat_state(abstract_state))
+    for rule in rules:
+        key = by_legacy[rule.hf_key]
+        found = tuple(ckpt.shape(key))
+        if found != rule.hf_shape:
+            raise CheckpointError(
+                f"{model_dir}: tensor {key!r} has shape {found}, expected "
+                f"{rule.hf_shape} from config.json"
+            )
+        var = flat[rule.path]
+        target = var.get_value() if hasattr(var, "get_value") else var.value
+        array = np.asarray(rule.transform.to_nnx(ckpt.get(key)))
+        array = array.astype(target.dtype)  # param dtype of the policy
+        if mesh is not None:
+            sharding = param_sharding(var, mesh)
+            value = jax.make_array_from_callback(array.shape, sharding, lambda idx, a=array: a[idx])
+        else:
+            value = jnp.asarray(array)
+        var.set_value(value)
+    ckpt.close()
+    return abstract_state  # its Variables now hold the loaded arrays
+
+
+def from_pretrained(
+    model_dir: str | os.PathLike,
+    dtype: str | DTypePolicy | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    remat: str = "none",
+) -> Qwen25VL:
+    """Loads a Hugging Face Qwen2.5-VL directory into a urt_jax model.
+
+    dtype: "float32", "bfloat16", "mixed_bfloat16" (fp32 params, bf16 compute) or a DTypePolicy;
+    None keeps the checkpoint's dtype (a bf16 checkpoint stays bf16). With a mesh, every tensor is
+    read and placed directly into its shards (urt_jax.sharding.rules).
+    """
+    model_dir = os.fspath(model_dir)
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f"{model_dir}: not a directory")
+    config = Qwen25VLConfig.from_hf_file(model_dir)
+    if dtype is None:
+        with SafetensorsCheckpoint.open(model_dir) as ckpt:
+            dtype = checkpoint_dtype(ckpt)
+    policy = DTypePolicy.parse(dtype)
+    abstract = _abstract_model(config, policy, remat)
+    graphdef, _ = nnx.split(abstract)
+    state = load_params_from_hf(model_dir, config, abstract, mesh)
+    model = nnx.merge(graphdef, state)
+    model.source_dir = model_dir
+    return model
+
+
+# ------------------------------------------------------------------------------ saving
+def hf_tensors(model: Qwen25VL) -> Iterator[tuple[str, np.ndarray]]:
+    """(legacy key, numpy tensor) for every parameter, in the parameter dtype."""
+    _, state = nnx.split(model, nnx.Param)
+    flat = dict(nnx.to_flat_state(state))
+    for rule in conversion_rules(model.config):
+        var = flat[rule.path]
+        value = var.get_value() if hasattr(var, "get_value") else var.value
+        yield (
+            rule.hf_key,
+            np.ascontiguousarray(rule.transform.to_hf(np.asarray(value), rule.hf_shape)),
+        )
+
+
+def save_pretrained(
+    model: Qwen25VL,
+    out_dir: str | os.PathLike,
+    *,
+    source_dir: str | None = None,
+    max_shard_bytes: int | None = 5 * 10**9,
+    extra_files: dict[str, str] | None = None,
+) -> None:
+    """Writes config.json + safetensors (legacy layout) loadable by transformers.
+
+    Tokenizer, processor and generation files are copied from ``source_dir`` (default: the
+    directory the model was loaded from) when present there. ``extra_files`` maps file names to
+    contents to write as well.
+    """
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    tensors = dict(hf_tensors(model))
+    dtypes = {t.dtype.name for t in tensors.values()}
+    config = dataclasses.replace(model.config, dtype=_dtype_name(dtypes))
+    save_safetensors(tensors, out_dir, max_shard_bytes=max_shard_bytes)
+    _write_atomic(
+        os.path.join(out_dir, "config.json"),
+        json.dumps(config.to_hf_dict(), indent=2, sort_keys=True) + "\n",
+    )
+    src = source_dir if source_dir is not None else getattr(model, "source_dir", None)
+    if src and os.path.abspath(src) != os.path.abspath(out_dir):
+        for name in AUX_FILES:
+            path = os.path.join(src, name)
+            if os.path.isfile(path):
+                shutil.copyfile(path, os.path.join(out_dir, name))
+    for name, content in (extra_files or {}).items():
+        _write_atomic(os.path.join(out_dir, name), content)
+
+
+def _dtype_name(dtypes: set[str]) -> str:
+    for name in ("float32", "bfloat16", "float16"):
+        if dtypes == {name}:
+            return name
+    raise ConfigError(f"parameters have mixed dtypes {sorted(dtypes)}; cannot name a torch_dtype")
+
+
+def _write_atomic(path: str, content: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(content)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

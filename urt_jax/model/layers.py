@@ -1,0 +1,159 @@
+"""Building blocks shared by the vision tower and the text decoder, and the dtype policy.
+
+Parameters carry ``logical_axes`` metadata (one name per dimension); urt_jax.sharding maps those
+names to mesh axes with a single rules table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+_DTYPES = {
+    "float32": jnp.float32,
+    "fp32": jnp.float32,
+    "bfloat16": jnp.bfloat16,
+    "bf16": jnp.bfloat16,
+    "float16": jnp.float16,
+    "fp16": jnp.float16,
+}
+
+
+def to_dtype(name: str | jnp.dtype) -> jnp.dtype:
+    if isinstance(name, str):
+        if name not in _DTYPES:
+            raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPES)}")
+        return jnp.dtype(_DTYPES[name])
+    return jnp.dtype(name)
+
+
+@dataclasses.dataclass(frozen=True)
+class DTypePolicy:
+    """Storage dtype of parameters and dtype of activations/matmuls.
+
+    ``float32``: fp32 everywhere (parity). ``bfloat16``: bf16 params and compute, as transformers
+    runs a bf16 checkpoint. ``mixed_bfloat16``: fp32 master params, bf16 compute (training).
+    Softmax, RMSNorm statistics and the vision RoPE always run in fp32, as in transformers.
+    """
+
+    param_dtype: jnp.dtype = jnp.float32
+    compute_dtype: jnp.dtype = jnp.float32
+
+    @classmethod
+    def parse(cls, spec: str | DTypePolicy | None, default: str = "float32") -> DTypePolicy:
+        if isinstance(spec, DTypePolicy):
+            return spec
+        spec = spec or default
+        if spec in ("mixed_bfloat16", "mixed_bf16"):
+            return cls(jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+        d = to_dtype(spec)
+        return cls(d, d)
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "silu": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
+def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], dtype: jnp.dtype, std: float) -> jax.Array:
+    return (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+
+
+class Dense(nnx.Module):
+    """``y = x @ kernel + bias`` with kernel [in, out] (the transpose of torch's Linear.weight)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        use_bias: bool,
+        axes: tuple[str | None, str | None],
+        policy: DTypePolicy,
+        rngs: nnx.Rngs,
+        std: float = 0.02,
+    ):
+        self.policy = policy
+        self.kernel = nnx.Param(
+            _normal(rngs, (in_features, out_features), policy.param_dtype, std), logical_axes=axes
+        )
+        self.bias = (
+            nnx.Param(jnp.zeros((out_features,), policy.param_dtype), logical_axes=(axes[1],))
+            if use_bias
+            else None
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dt = self.policy.compute_dtype
+        y = jnp.dot(x.astype(dt), self.kernel[...].astype(dt))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(dt)
+        return y
+
+
+class RMSNorm(nnx.Module):
+    """transformers' Qwen2RMSNorm: statistics in fp32, cast back to the input dtype, then the
+    weight multiply (so in bf16 the multiply itself happens in bf16)."""
+
+    def __init__(self, dim: int, *, eps: float, axis_name: str, policy: DTypePolicy):
+        self.eps = eps
+        self.policy = policy
+        self.weight = nnx.Param(jnp.ones((dim,), policy.param_dtype), logical_axes=(axis_name,))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_dtype = x.dtype
+        xf = x.astype(jnp.float32)
+        var = jnp.mean(xf * xf, axis=-1, keepdims=True)
+        normed = (xf * jax.lax.rsqrt(var + self.eps)).astype(in_dtype)
+        return self.weight[...].astype(self.policy.compute_dtype) * normed
+
+
+class Embed(nnx.Module):
+    def __init__(self, vocab_size: int, dim: int, *, policy: DTypePolicy, rngs: nnx.Rngs):
+        self.policy = policy
+        self.embedding = nnx.Param(
+            _normal(rngs, (vocab_size, dim), policy.param_dtype, 0.02),
+            logical_axes=("vocab", "embed"),
+        )
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], ids, axis=0).astype(self.policy.compute_dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """Tied output projection: logits = x @ embedding.T."""
+        dt = self.policy.compute_dtype
+        return jnp.dot(x.astype(dt), self.embedding[...].astype(dt).T)
+
+
+def rotate_half(x: jax.Array) -> jax.Array:
+    half = x.shape[-1] // 2
+    return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    return x * cos + rotate_half(x) * sin
+
+
+def masked_softmax_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float, spec: str
+) -> jax.Array:
+    """Eager-equivalent attention: (q.k)*scale, mask, softmax in fp32, cast, weights.v.
+
+    ``spec`` is the einsum for scores, e.g. 'bqhd,bkhd->bhqk'; the value einsum is derived from it.
+    ``mask`` is boolean and broadcast against the scores (True = attend).
+    """
+    lhs, out = spec.split("->")
+    qs, ks = lhs.split(",")
+    scores = jnp.einsum(spec, q, k) * jnp.asarray(scale, q.dtype)
+    big_neg = jnp.finfo(jnp.float32).min
+    scores = jnp.where(mask, scores.astype(jnp.float32), big_neg)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    # probs carry `out` labels; value has ks labels; result has qs labels.
+    return jnp.einsum(f"{out},{ks}->{qs}", probs, v)

@@ -1,0 +1,108 @@
+"""Qwen2.5-VL for conditional generation: vision tower + Qwen2 decoder + LM head, in Flax NNX."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from urt_jax.model.config import Qwen25VLConfig
+from urt_jax.model.inputs import ModelInputs, prepare_inputs
+from urt_jax.model.layers import Dense, DTypePolicy
+from urt_jax.model.remat import check_remat
+from urt_jax.model.rope import mrope_cos_sin
+from urt_jax.model.text import TextModel, causal_padding_mask
+from urt_jax.model.vision import VisionTower
+
+
+class Qwen25VL(nnx.Module):
+    """Qwen2.5-VL with the parameter names of transformers' Qwen2_5_VLForConditionalGeneration.
+
+    Call it like the HF model with the processor's outputs (host-side preparation, then compute),
+    or, inside jit, call ``forward`` on ``ModelInputs`` from ``prepare_inputs``.
+    """
+
+    def __init__(
+        self,
+        config: Qwen25VLConfig,
+        *,
+        dtype: str | DTypePolicy = "float32",
+        remat: str = "none",
+        rngs: nnx.Rngs | None = None,
+    ):
+        config.validate()
+        rngs = rngs if rngs is not None else nnx.Rngs(0)
+        self.config = config
+        self.policy = DTypePolicy.parse(dtype)
+        check_remat(remat)
+        self.visual = VisionTower(config.vision, self.policy, rngs, remat=remat)
+        self.language_model = TextModel(config.text, self.policy, rngs, remat=remat)
+        self.lm_head = (
+            None
+            if config.tie_word_embeddings
+            else Dense(
+                config.text.hidden_size,
+                config.text.vocab_size,
+                use_bias=False,
+                axes=("embed", "vocab"),
+                policy=self.policy,
+                rngs=rngs,
+            )
+        )
+        self.source_dir: str | None = None  # set by from_pretrained; save_pretrained copies files
+
+    # ---------------------------------------------------------------- jittable pieces
+    def vision_features(self, inputs: ModelInputs) -> jax.Array:
+        return self.visual(
+            inputs.pixel_values, inputs.rot_pos, inputs.window_index, inputs.frame_index
+        )
+
+    def embed(self, inputs: ModelInputs) -> jax.Array:
+        """Token embeddings with vision features written at the placeholder positions."""
+        x = self.language_model.embed_tokens(inputs.input_ids)
+        if inputs.has_vision:
+            feats = self.vision_features(inputs).astype(x.dtype)
+            idx = inputs.vision_token_index
+            gathered = jnp.take(feats, jnp.maximum(idx, 0), axis=0)
+            x = jnp.where((idx >= 0)[..., None], gathered, x)
+        return x
+
+    def hidden_states(self, inputs: ModelInputs) -> jax.Array:
+        """Final-norm hidden states [B, T, D]."""
+        x = self.embed(inputs)
+        cos, sin = mrope_cos_sin(inputs.position_ids, self.config, x.dtype)
+        mask = causal_padding_mask(inputs.attention_mask)
+        return self.language_model(x, cos, sin, mask)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        if self.lm_head is None:
+            return self.language_model.embed_tokens.attend(hidden)
+        return self.lm_head(hidden)
+
+    def forward(self, inputs: ModelInputs) -> jax.Array:
+        """Logits [B, T, V] from prepared inputs (jit-friendly)."""
+        return self.logits(self.hidden_states(inputs))
+
+    # ---------------------------------------------------------------- HF-style call
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        pixel_values=None,
+        image_grid_thw=None,
+        pixel_values_videos=None,
+        video_grid_thw=None,
+        second_per_grid_ts=None,
+    ) -> jax.Array:
+        """Logits [B, T, V] from the HF processor's outputs (numpy, jax or torch arrays)."""
+        inputs, _ = prepare_inputs(
+            self.config,
+            input_ids,
+            attention_mask,
+            pixel_values,
+            image_grid_thw,
+            pixel_values_videos,
+            video_grid_thw,
+            second_per_grid_ts,
+        )
+        return self.forward(jax.tree.map(jnp.asarray, inputs))

@@ -1,0 +1,117 @@
+"""The Qwen2 text decoder of Qwen2.5-VL: GQA attention with q/k/v bias and M-RoPE, SwiGLU MLP."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from urt_jax.model.config import TextConfig
+from urt_jax.model.layers import (
+    ACTIVATIONS,
+    Dense,
+    DTypePolicy,
+    Embed,
+    RMSNorm,
+    apply_rotary,
+    masked_softmax_attention,
+)
+from urt_jax.model.remat import maybe_remat
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: TextConfig, policy: DTypePolicy, rngs: nnx.Rngs):
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        d, hd = cfg.hidden_size, cfg.head_dim
+        kw = dict(policy=policy, rngs=rngs)
+        self.q_proj = Dense(d, self.num_heads * hd, use_bias=True, axes=("embed", "q_heads"), **kw)
+        self.k_proj = Dense(
+            d, self.num_kv_heads * hd, use_bias=True, axes=("embed", "kv_heads"), **kw
+        )
+        self.v_proj = Dense(
+            d, self.num_kv_heads * hd, use_bias=True, axes=("embed", "kv_heads"), **kw
+        )
+        self.o_proj = Dense(self.num_heads * hd, d, use_bias=False, axes=("q_heads", "embed"), **kw)
+
+    def project_qkv(
+        self, x: jax.Array, cos: jax.Array, sin: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """q [B, T, H, D], k and v [B, T, KV, D], with RoPE applied to q and k."""
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        c, s = cos[:, :, None, :], sin[:, :, None, :]
+        return apply_rotary(q, c, s), apply_rotary(k, c, s), v
+
+    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+        """GQA attention. q [B, Tq, H, D]; k, v [B, Tk, KV, D]; mask [B, Tq, Tk] bool.
+
+        Query head h uses kv head h // (H / KV), as transformers' repeat_kv.
+        """
+        b, tq, _, d = q.shape
+        groups = self.num_heads // self.num_kv_heads
+        q = q.reshape(b, tq, self.num_kv_heads, groups, d)
+        o = masked_softmax_attention(
+            q, k, v, mask[:, None, None, :, :], d**-0.5, "bqkgd,bskd->bkgqs"
+        )
+        return self.o_proj(o.reshape(b, tq, self.num_heads * d))
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+        q, k, v = self.project_qkv(x, cos, sin)
+        return self.attend(q, k, v, mask)
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: TextConfig, policy: DTypePolicy, rngs: nnx.Rngs):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        kw = dict(use_bias=False, policy=policy, rngs=rngs)
+        self.gate_proj = Dense(d, f, axes=("embed", "mlp"), **kw)
+        self.up_proj = Dense(d, f, axes=("embed", "mlp"), **kw)
+        self.down_proj = Dense(f, d, axes=("mlp", "embed"), **kw)
+        self.act = ACTIVATIONS[cfg.hidden_act]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: TextConfig, policy: DTypePolicy, rngs: nnx.Rngs):
+        norm = dict(eps=cfg.rms_norm_eps, axis_name="norm", policy=policy)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, **norm)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, **norm)
+        self.self_attn = Attention(cfg, policy, rngs)
+        self.mlp = MLP(cfg, policy, rngs)
+
+    def __call__(self, x, cos, sin, mask):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class TextModel(nnx.Module):
+    def __init__(self, cfg: TextConfig, policy: DTypePolicy, rngs: nnx.Rngs, remat: str = "none"):
+        self.remat = remat
+        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, policy=policy, rngs=rngs)
+        self.layers = nnx.List(
+            [DecoderLayer(cfg, policy, rngs) for _ in range(cfg.num_hidden_layers)]
+        )
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, axis_name="norm", policy=policy)
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+        """Final-norm hidden states [B, T, D] from input embeddings [B, T, D]."""
+        for layer in self.layers:
+            x = maybe_remat(_layer_call, self.remat)(layer, x, cos, sin, mask)
+        return self.norm(x)
+
+
+def _layer_call(layer: DecoderLayer, x, cos, sin, mask):
+    return layer(x, cos, sin, mask)
+
+
+def causal_padding_mask(attention_mask: jax.Array) -> jax.Array:
+    """[B, T, T] bool: query i attends key j iff j <= i and key j is not padding."""
+    t = attention_mask.shape[-1]
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    return causal[None] & attention_mask.astype(bool)[:, None, :]
