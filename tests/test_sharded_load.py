@@ -1,0 +1,111 @@
+"""Loading straight onto a device mesh (8 fake CPU devices), orbax round trip, remat."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import Mesh, PartitionSpec
+
+import urt_jax
+from tests import hf_reference as ref
+from urt_jax.model.inputs import prepare_inputs
+from urt_jax.model.orbax_io import load_orbax, save_orbax
+from urt_jax.model.qwen2_5_vl import Qwen25VL
+from urt_jax.sharding.rules import logical_to_spec
+
+BATCH_ROWS = [
+    [("text", 3), ("image", (8, 12)), ("text", 2), ("video", (2, 4, 4, 0.5))],
+    [("text", 5), ("image", (4, 6)), ("text", 2)],
+]
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("hf")
+    # 4 kv heads so that the kv projections split over tensor=2 as well
+    ref.save_model(ref.make_model(ref.tiny_config(num_key_value_heads=4), seed=31), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    devices = np.array(jax.devices()[:8]).reshape(2, 2, 2)
+    return Mesh(devices, ("data", "fsdp", "tensor"))
+
+
+def _logits(model, batch):
+    inputs, _ = prepare_inputs(
+        model.config, **{k: v for k, v in batch.items() if k != "mm_token_type_ids"}
+    )
+    fwd = nnx.jit(lambda m, x: m.forward(x))
+    return np.asarray(fwd(model, jax.tree.map(jnp.asarray, inputs)))
+
+
+def test_sharded_load_matches_and_follows_rules(hf_dir, mesh):
+    plain = urt_jax.from_pretrained(hf_dir, dtype="float32")
+    sharded = urt_jax.from_pretrained(hf_dir, dtype="float32", mesh=mesh)
+    q = sharded.language_model.layers[0].self_attn.q_proj.kernel
+    assert q[...].sharding.spec == PartitionSpec("fsdp", "tensor")
+    emb = sharded.language_model.embed_tokens.embedding
+    assert emb[...].sharding.spec == PartitionSpec("tensor", "fsdp")
+    norm = sharded.language_model.norm.weight
+    assert norm[...].sharding.spec == PartitionSpec(None)
+    # every parameter's sharding is what the rules table gives for its logical axes
+    for _, var in nnx.to_flat_state(nnx.state(sharded, nnx.Param)):
+        value = var.get_value()
+        want = logical_to_spec(var.get_metadata()["logical_axes"], value.shape, mesh)
+        assert value.sharding.spec == want
+    batch = ref.build_batch(BATCH_ROWS, padding_side="left", seed=1)
+    np.testing.assert_allclose(_logits(sharded, batch), _logits(plain, batch), atol=2e-5)
+
+
+def test_indivisible_dimension_is_replicated():
+    devices = np.array(jax.devices()[:8]).reshape(1, 2, 4)
+    mesh = Mesh(devices, ("data", "fsdp", "tensor"))
+    # 2 kv heads * 8 = 16 columns divide over tensor=4; 6 columns do not
+    assert logical_to_spec(("embed", "kv_heads"), (64, 16), mesh) == PartitionSpec("fsdp", "tensor")
+    assert logical_to_spec(("embed", "kv_heads"), (64, 6), mesh) == PartitionSpec("fsdp", None)
+
+
+def test_orbax_round_trip_onto_mesh(hf_dir, mesh, tmp_path):
+    model = urt_jax.from_pretrained(hf_dir)
+    save_orbax(model, tmp_path / "orbax")
+    restored = load_orbax(tmp_path / "orbax", mesh=mesh)
+    want = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    for path, var in nnx.to_flat_state(nnx.state(restored, nnx.Param)):
+        np.testing.assert_array_equal(
+            np.asarray(var.get_value()), np.asarray(want[path].get_value())
+        )
+    up = restored.language_model.layers[1].mlp.up_proj.kernel[...]
+    assert up.sharding.spec == PartitionSpec("fsdp", "tensor")
+
+
+def test_remat_gives_the_same_gradients(hf_dir):
+    batch = ref.build_batch(BATCH_ROWS[1:], seed=2)
+    inputs, _ = prepare_inputs(
+        urt_jax.from_pretrained(hf_dir).config,
+        **{k: v for k, v in batch.items() if k != "mm_token_type_ids"},
+    )
+    inputs = jax.tree.map(jnp.asarray, inputs)
+
+    def grads(remat):
+        model = urt_jax.from_pretrained(hf_dir, remat=remat)
+        loss = lambda m: jnp.mean(jax.nn.log_softmax(m.forward(inputs))[..., 7])  # noqa: E731
+        return nnx.state(nnx.grad(loss)(model))
+
+    plain, remat = grads("none"), grads("full")
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5)
+
+
+def test_random_init_has_no_nan():
+    from urt_jax.model.config import Qwen25VLConfig
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = Qwen25VLConfig.from_yaml(os.path.join(root, "configs", "model", "tiny.yaml"))
+    model = Qwen25VL(cfg, rngs=nnx.Rngs(0))
+    for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)):
+        assert np.isfinite(np.asarray(leaf)).all()

@@ -1,0 +1,110 @@
+"""urt_jax model directories in orbax format: ``config.json`` + ``params/`` (an orbax checkpoint).
+
+This is the native format for JAX training (sharded restore straight onto a mesh, no conversion on
+each start); ``urt-jax convert`` moves between it and Hugging Face safetensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from urt_jax.model.config import Qwen25VLConfig
+from urt_jax.model.hf import AUX_FILES, _abstract_model, _write_atomic
+from urt_jax.model.layers import DTypePolicy
+from urt_jax.model.qwen2_5_vl import Qwen25VL
+
+PARAMS_DIR = "params"
+
+
+def _param_tree(model: Qwen25VL) -> dict:
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def save_orbax(
+    model: Qwen25VL, out_dir: str | os.PathLike, *, source_dir: str | None = None
+) -> None:
+    """Writes config.json and params/ (orbax; atomic: a partial write is never left as params/)."""
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    os.makedirs(out_dir, exist_ok=True)
+    params_dir = os.path.join(out_dir, PARAMS_DIR)
+    if os.path.exists(params_dir):
+        shutil.rmtree(params_dir)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(params_dir, _param_tree(model))
+    checkpointer.wait_until_finished()
+    dtypes = {leaf.dtype.name for leaf in jax.tree.leaves(_param_tree(model))}
+    config = model.config
+    if len(dtypes) == 1:
+        config = dataclasses.replace(config, dtype=dtypes.pop())
+    _write_atomic(
+        os.path.join(out_dir, "config.json"),
+        json.dumps(config.to_hf_dict(), indent=2, sort_keys=True) + "\n",
+    )
+    src = source_dir if source_dir is not None else getattr(model, "source_dir", None)
+    if src and os.path.abspath(src) != out_dir:
+        for name in AUX_FILES:
+            if os.path.isfile(os.path.join(src, name)):
+                shutil.copyfile(os.path.join(src, name), os.path.join(out_dir, name))
+
+
+def load_orbax(
+    model_dir: str | os.PathLike,
+    dtype: str | DTypePolicy | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    remat: str = "none",
+) -> Qwen25VL:
+    """Restores a model saved by save_orbax, optionally sharded onto ``mesh``.
+
+    dtype None keeps the stored dtype; otherwise parameters are cast after restore.
+    """
+    from urt_jax.sharding.rules import param_sharding
+
+    model_dir = os.path.abspath(os.fspath(model_dir))
+    params_dir = os.path.join(model_dir, PARAMS_DIR)
+    if not os.path.isdir(params_dir):
+        raise FileNotFoundError(f"{model_dir}: no orbax '{PARAMS_DIR}/' directory here")
+    config = Qwen25VLConfig.from_hf_file(model_dir)
+    policy = DTypePolicy.parse(dtype if dtype is not None else config.dtype)
+    abstract = _abstract_model(config, policy, remat)
+    graphdef, state = nnx.split(abstract)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    params = nnx.state(abstract, nnx.Param)
+    target = jax.tree.map(
+        lambda v: jax.ShapeDtypeStruct(
+            v.shape, v.get_value().dtype, sharding=param_sharding(v, mesh) if mesh else device
+        ),
+        params,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
+    checkpointer = ocp.StandardCheckpointer()
+    stored = checkpointer.metadata(params_dir).item_metadata.tree
+    target_pure = nnx.to_pure_dict(target)
+    # Restore in the stored dtype, then cast to the policy's param dtype.
+    target_pure = jax.tree.map(
+        lambda t, m: jax.ShapeDtypeStruct(t.shape, m.dtype, sharding=t.sharding),
+        target_pure,
+        _with_int_keys(stored, target_pure),
+    )
+    restored = checkpointer.restore(params_dir, target_pure)
+    restored = jax.tree.map(lambda a: a.astype(policy.param_dtype), restored)
+    nnx.replace_by_pure_dict(state, restored)
+    model = nnx.merge(graphdef, state)
+    model.source_dir = model_dir
+    return model
+
+
+def _with_int_keys(stored, like):
+    """Orbax metadata trees use string keys for list indices; align them with ``like``."""
+    if isinstance(like, dict):
+        return {
+            k: _with_int_keys(stored[str(k)] if str(k) in stored else stored[k], v)
+            for k, v in like.items()
+        }
+    return stored
