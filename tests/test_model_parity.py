@@ -55,6 +55,7 @@ def _compare(pair, batch, tol=FP32_TOL):
     assert got.shape == expected.shape
     real = batch["attention_mask"].astype(bool)  # logits at pad positions are meaningless
     diff = np.abs(got[real] - expected[real]).max()
+    print(f"fp32 max |logits diff| {diff:.3g} (logit std {expected[real].std():.3g})")
     assert diff <= tol, f"max |logits diff| {diff:.3g} > {tol}"
     assert expected[real].std() > 1e-2  # the comparison is not between near-zero tensors
     return diff
@@ -110,7 +111,9 @@ def test_vision_tower_alone_matches(untied):
     layout = vision_layout(grid, ours.config.vision)
     got = np.asarray(ours.visual(pixels, layout.rot_pos, layout.window_index, layout.frame_index))
     assert got.shape == expected.shape
-    assert np.abs(got - expected).max() <= FP32_TOL
+    diff = np.abs(got - expected).max()
+    print(f"vision tower max |diff| {diff:.3g}")
+    assert diff <= FP32_TOL
 
 
 def test_rope_index_matches_transformers(untied):

@@ -240,7 +240,9 @@ def _header(
     header: dict[str, object] = {"__metadata__": dict(metadata)}
     arrays, offset = [], 0
     for name in names:
-        a = np.ascontiguousarray(np.asarray(tensors[name]))
+        a = np.asarray(tensors[name])
+        if not a.flags.c_contiguous:  # (np.ascontiguousarray would turn a 0-d array 1-d)
+            a = np.ascontiguousarray(a)
         if a.dtype.byteorder == ">":
             a = a.astype(a.dtype.newbyteorder("<"))
         nbytes = a.nbytes
