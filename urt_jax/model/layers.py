@@ -98,6 +98,30 @@ class Dense(nnx.Module):
         return y
 
 
+class GatedMLP(nnx.Module):
+    """``down(act(gate(x)) * up(x))``: the SwiGLU MLP of the decoder and of the vision blocks."""
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        *,
+        use_bias: bool,
+        act: str,
+        axes: tuple[str, str],
+        policy: DTypePolicy,
+        rngs: nnx.Rngs,
+    ):
+        kw = dict(use_bias=use_bias, policy=policy, rngs=rngs)
+        self.gate_proj = Dense(dim, hidden, axes=axes, **kw)
+        self.up_proj = Dense(dim, hidden, axes=axes, **kw)
+        self.down_proj = Dense(hidden, dim, axes=(axes[1], axes[0]), **kw)
+        self.act = ACTIVATIONS[act]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
 class RMSNorm(nnx.Module):
     """transformers' Qwen2RMSNorm: statistics in fp32, cast back to the input dtype, then the
     weight multiply (so in bf16 the multiply itself happens in bf16)."""

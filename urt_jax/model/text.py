@@ -8,10 +8,10 @@ from flax import nnx
 
 from urt_jax.model.config import TextConfig
 from urt_jax.model.layers import (
-    ACTIVATIONS,
     Dense,
     DTypePolicy,
     Embed,
+    GatedMLP,
     RMSNorm,
     apply_rotary,
     masked_softmax_attention,
@@ -64,26 +64,21 @@ class Attention(nnx.Module):
         return self.attend(q, k, v, mask)
 
 
-class MLP(nnx.Module):
-    def __init__(self, cfg: TextConfig, policy: DTypePolicy, rngs: nnx.Rngs):
-        d, f = cfg.hidden_size, cfg.intermediate_size
-        kw = dict(use_bias=False, policy=policy, rngs=rngs)
-        self.gate_proj = Dense(d, f, axes=("embed", "mlp"), **kw)
-        self.up_proj = Dense(d, f, axes=("embed", "mlp"), **kw)
-        self.down_proj = Dense(f, d, axes=("mlp", "embed"), **kw)
-        self.act = ACTIVATIONS[cfg.hidden_act]
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
-
-
 class DecoderLayer(nnx.Module):
     def __init__(self, cfg: TextConfig, policy: DTypePolicy, rngs: nnx.Rngs):
         norm = dict(eps=cfg.rms_norm_eps, axis_name="norm", policy=policy)
         self.input_layernorm = RMSNorm(cfg.hidden_size, **norm)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, **norm)
         self.self_attn = Attention(cfg, policy, rngs)
-        self.mlp = MLP(cfg, policy, rngs)
+        self.mlp = GatedMLP(
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            use_bias=False,
+            act=cfg.hidden_act,
+            axes=("embed", "mlp"),
+            policy=policy,
+            rngs=rngs,
+        )
 
     def __call__(self, x, cos, sin, mask):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)

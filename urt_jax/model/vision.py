@@ -13,9 +13,9 @@ from flax import nnx
 
 from urt_jax.model.config import VisionConfig
 from urt_jax.model.layers import (
-    ACTIVATIONS,
     Dense,
     DTypePolicy,
+    GatedMLP,
     RMSNorm,
     apply_rotary,
     masked_softmax_attention,
@@ -56,26 +56,21 @@ class VisionAttention(nnx.Module):
         return self.proj(out[:n].reshape(n, -1))
 
 
-class VisionMLP(nnx.Module):
-    def __init__(self, cfg: VisionConfig, policy: DTypePolicy, rngs: nnx.Rngs):
-        d, f = cfg.hidden_size, cfg.intermediate_size
-        kw = dict(use_bias=True, policy=policy, rngs=rngs)
-        self.gate_proj = Dense(d, f, axes=("vision_embed", "vision_mlp"), **kw)
-        self.up_proj = Dense(d, f, axes=("vision_embed", "vision_mlp"), **kw)
-        self.down_proj = Dense(f, d, axes=("vision_mlp", "vision_embed"), **kw)
-        self.act = ACTIVATIONS[cfg.hidden_act]
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
-
-
 class VisionBlock(nnx.Module):
     def __init__(self, cfg: VisionConfig, policy: DTypePolicy, rngs: nnx.Rngs):
         norm = dict(eps=cfg.norm_eps, axis_name="vision_norm", policy=policy)
         self.norm1 = RMSNorm(cfg.hidden_size, **norm)
         self.norm2 = RMSNorm(cfg.hidden_size, **norm)
         self.attn = VisionAttention(cfg, policy, rngs)
-        self.mlp = VisionMLP(cfg, policy, rngs)
+        self.mlp = GatedMLP(
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            use_bias=True,
+            act=cfg.hidden_act,
+            axes=("vision_embed", "vision_mlp"),
+            policy=policy,
+            rngs=rngs,
+        )
 
     def __call__(self, x, cos, sin, segments):
         x = x + self.attn(self.norm1(x), cos, sin, segments)
