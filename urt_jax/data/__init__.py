@@ -1,0 +1,1 @@
+"""From preference data to model batches: records, templates, processing, pipelines."""
