@@ -1,0 +1,100 @@
+"""Opening images and videos safely: a pixel limit against decompression bombs, PyAV for video
+files, at most N evenly spaced frames per video, and the sampled frame rate."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from urt_jax.data.processor import sample_frame_indices
+from urt_jax.data.records import Media
+
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # PIL's own warning threshold (~ 9459 x 9459)
+DEFAULT_FRAMES_FPS = 2.0  # rate assumed for a video given as frame images
+
+
+class MediaError(ValueError):
+    """A media file that is missing, undecodable or too large."""
+
+
+def open_image(src: str | bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """A fully decoded PIL image; the size is checked from the header before decoding."""
+    name = "<bytes>" if isinstance(src, bytes) else src
+    if isinstance(src, str) and not os.path.isfile(src):
+        raise MediaError(f"{name}: image file not found")
+    try:
+        image = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
+        if image.width * image.height > max_pixels:
+            raise MediaError(
+                f"{name}: {image.width}x{image.height} exceeds the limit of {max_pixels} pixels"
+            )
+        image.load()
+    except MediaError:
+        raise
+    except (OSError, Image.DecompressionBombError, ValueError, SyntaxError) as e:
+        raise MediaError(f"{name}: cannot decode image ({e})") from None
+    return image
+
+
+def load_video(
+    media: Media, max_frames: int = 8, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> tuple[list[Image.Image], float]:
+    """At most ``max_frames`` evenly spaced frames and their effective frame rate."""
+    if media.frames is not None:
+        idx = sample_frame_indices(len(media.frames), max_frames)
+        fps = media.fps or DEFAULT_FRAMES_FPS
+        frames = [open_image(media.frames[i], max_pixels) for i in idx]
+        return frames, fps * len(idx) / len(media.frames)
+    src = media.path if media.path is not None else media.data
+    return decode_video(src, max_frames, max_pixels)
+
+
+def decode_video(
+    src: str | bytes, max_frames: int = 8, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> tuple[list[Image.Image], float]:
+    import av  # PyAV: FFmpeg bindings
+
+    name = "<bytes>" if isinstance(src, bytes) else src
+    if isinstance(src, str) and not os.path.isfile(src):
+        raise MediaError(f"{name}: video file not found")
+    try:
+        with av.open(io.BytesIO(src) if isinstance(src, bytes) else src) as container:
+            if not container.streams.video:
+                raise MediaError(f"{name}: no video stream")
+            stream = container.streams.video[0]
+            if stream.width * stream.height > max_pixels:
+                raise MediaError(
+                    f"{name}: {stream.width}x{stream.height} frames exceed the "
+                    f"limit of {max_pixels} pixels"
+                )
+            rate = float(stream.average_rate or stream.guessed_rate or DEFAULT_FRAMES_FPS)
+            frames = [f.to_image() for f in container.decode(stream)]
+    except MediaError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError) as e:
+        raise MediaError(f"{name}: cannot decode video ({e})") from None
+    if not frames:
+        raise MediaError(f"{name}: the video has no frames")
+    idx = sample_frame_indices(len(frames), max_frames)
+    return [frames[i] for i in idx], rate * len(idx) / len(frames)
+
+
+def encode_video(frames: Sequence[Image.Image | np.ndarray], path: str, fps: float = 2.0) -> None:
+    """Writes frames as a lossless-ish MPEG-4 file (for tests and synthetic data)."""
+    import av
+
+    arrays = [np.asarray(f.convert("RGB") if isinstance(f, Image.Image) else f) for f in frames]
+    h, w = arrays[0].shape[:2]
+    with av.open(path, mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=int(round(fps)))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"qscale": "1"}
+        for a in arrays:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
