@@ -19,6 +19,38 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"wrote {args.dst}")
 
 
+def _data_check(args: argparse.Namespace) -> int:
+    from urt_jax.data.check import check_file
+
+    builder = None
+    if args.tokenizer or args.max_length:
+        from urt_jax.data.examples import ExampleBuilder
+        from urt_jax.data.processor import ProcessorConfig
+        from urt_jax.data.templates import Templates
+        from urt_jax.data.tokenizer import ASSET_DIR, load_tokenizer
+        from urt_jax.model.config import Qwen25VLConfig
+
+        builder = ExampleBuilder(
+            tokenizer=load_tokenizer(args.tokenizer or ASSET_DIR),
+            templates=Templates.load(args.templates) if args.templates else Templates.load(),
+            model_config=Qwen25VLConfig.from_yaml(args.model_config),
+            processor=ProcessorConfig(
+                min_pixels=args.min_pixels,
+                max_pixels=args.max_pixels,
+                video_max_pixels=args.max_pixels,
+                max_frames=args.max_frames,
+            ),
+            max_length=args.max_length,
+            max_image_pixels=args.max_image_pixels,
+        )
+    report = check_file(args.file, args.data_root, builder, args.max_image_pixels, args.max_frames)
+    for problem in report.problems:
+        print(problem)
+    status = "OK" if report.ok else f"{len(report.problems)} problem(s)"
+    print(f"{args.file}: {report.records} record(s) checked, {status}")
+    return 0 if report.ok else 1
+
+
 def _run(args: argparse.Namespace) -> None:
     from urt_jax.config import load_run_config
     from urt_jax.pipeline import run
@@ -44,17 +76,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     conv.add_argument("--max-shard-bytes", type=int, default=5 * 10**9)
     conv.set_defaults(func=_convert)
+
+    data = sub.add_parser("data", help="data tools")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    check = data_sub.add_parser("check", help="validate a data file; every problem with its line")
+    check.add_argument("file")
+    check.add_argument(
+        "--data-root",
+        default=None,
+        help="directory media paths are relative to (default: the file's)",
+    )
+    check.add_argument(
+        "--tokenizer", default=None, help="HF tokenizer directory; with it, lengths are checked too"
+    )
+    check.add_argument("--model-config", default=_default_model_config())
+    check.add_argument("--templates", default=None)
+    check.add_argument("--max-length", type=int, default=None)
+    check.add_argument("--min-pixels", type=int, default=3136)
+    check.add_argument("--max-pixels", type=int, default=12845056)
+    check.add_argument("--max-frames", type=int, default=8)
+    check.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=89_478_485,
+        help="refuse images larger than this (decompression bombs)",
+    )
+    check.set_defaults(func=_data_check)
     return parser
+
+
+def _default_model_config() -> str:
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.join(root, "configs", "model", "tiny.yaml")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"urt-jax: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return int(status or 0)
 
 
 if __name__ == "__main__":

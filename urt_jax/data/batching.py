@@ -1,0 +1,108 @@
+"""Collating examples into fixed-shape batches: length bucketing for tokens, power-of-two buckets
+for vision patches, windows and frames, and the host-side precompute (M-RoPE positions, vision
+attention layout, placeholder map) so that jitted code sees a small set of shapes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from urt_jax.model.config import Qwen25VLConfig
+from urt_jax.model.inputs import ModelInputs, prepare_inputs
+
+
+@dataclasses.dataclass(frozen=True)
+class Buckets:
+    """Sequence lengths to pad to (the smallest that fits), and the minimum vision buckets."""
+
+    lengths: tuple[int, ...] = (128, 256, 512, 1024, 2048, 4096, 8192)
+    min_patches: int = 64
+    min_windows: int = 4
+    min_frames: int = 2
+    min_frame_len: int = 16
+
+    def length(self, n: int) -> int:
+        for b in sorted(self.lengths):
+            if n <= b:
+                return b
+        raise ValueError(
+            f"a sequence of {n} tokens is longer than the largest bucket {max(self.lengths)}"
+        )
+
+
+def pow2_at_least(n: int, minimum: int) -> int:
+    return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+
+@dataclasses.dataclass
+class Batch:
+    inputs: ModelInputs  # numpy; jax.tree.map(jnp.asarray, ...) before a jitted call
+    loss_mask: np.ndarray  # [B, T] bool, aligned with input_ids (token t is a target)
+    rope_deltas: np.ndarray  # [B]
+    prompt_lengths: np.ndarray  # [B]
+    verdicts: list[str]
+    record_ids: list[str]
+
+
+def _vision_counts(grids: np.ndarray, config: Qwen25VLConfig) -> tuple[int, int, int, int]:
+    """(patches, windows, frames, longest frame) of the vision tower input."""
+    v = config.vision
+    patches = windows = frames = longest = 0
+    for t, h, w in grids.tolist():
+        hh, ww = h // v.spatial_merge_size, w // v.spatial_merge_size
+        patches += t * h * w
+        windows += t * math.ceil(hh / v.window_merged) * math.ceil(ww / v.window_merged)
+        frames += t
+        longest = max(longest, h * w)
+    return patches, windows, frames, longest
+
+
+def collate(
+    examples: Sequence[dict],
+    config: Qwen25VLConfig,
+    buckets: Buckets = Buckets(),
+    pad_id: int = 0,
+    padding_side: str = "right",
+) -> Batch:
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', found {padding_side!r}")
+    length = buckets.length(max(len(e["input_ids"]) for e in examples))
+    b = len(examples)
+    ids = np.full((b, length), pad_id, np.int32)
+    mask = np.zeros((b, length), np.int32)
+    loss = np.zeros((b, length), bool)
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        sl = slice(length - n, length) if padding_side == "left" else slice(0, n)
+        ids[i, sl] = e["input_ids"]
+        mask[i, sl] = 1
+        loss[i, sl] = e["loss_mask"]
+
+    def cat(key: str, width: int | None = None) -> np.ndarray | None:
+        parts = [e[key] for e in examples if key in e]
+        return np.concatenate(parts) if parts else None
+
+    pv, ig = cat("pixel_values"), cat("image_grid_thw")
+    pvv, vg, spg = cat("pixel_values_videos"), cat("video_grid_thw"), cat("second_per_grid_ts")
+    pads = {}
+    grids = [g for g in (ig, vg) if g is not None]
+    if grids:
+        patches, windows, frames, longest = _vision_counts(np.concatenate(grids), config)
+        pads = dict(
+            pad_patches_to=pow2_at_least(patches, buckets.min_patches),
+            pad_windows_to=pow2_at_least(windows, buckets.min_windows),
+            pad_frames_to=pow2_at_least(frames, buckets.min_frames),
+            pad_frame_len_to=pow2_at_least(longest, buckets.min_frame_len),
+        )
+    inputs, deltas = prepare_inputs(config, ids, mask, pv, ig, pvv, vg, spg, **pads)
+    return Batch(
+        inputs,
+        loss,
+        deltas,
+        np.asarray([int(e.get("prompt_length", 0)) for e in examples], np.int32),
+        [str(e.get("verdict", "")) for e in examples],
+        [str(e.get("record_id", "")) for e in examples],
+    )
