@@ -40,12 +40,12 @@ class RecordError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Media:
     """An image or a video. Exactly one of ``path`` (a file under the data root), ``data`` (encoded
-    bytes) or ``frames`` (a video given as frame image paths) is set."""
+    bytes) or ``frames`` (a video given as frame images: paths or encoded bytes) is set."""
 
     kind: Literal["image", "video"]
     path: str | None = None
     data: bytes | None = None
-    frames: tuple[str, ...] | None = None
+    frames: tuple[str | bytes, ...] | None = None
     fps: float | None = None  # for a video given as frames: their rate (default 2 fps)
 
     def __post_init__(self):
