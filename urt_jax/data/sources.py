@@ -1,0 +1,23 @@
+"""Opening the record source a config names: a data file (JSONL/JSON) or ``tfds:NAME[/SPLIT]``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from urt_jax.data.pipeline import load_records
+from urt_jax.data.records import PreferenceRecord
+from urt_jax.data.tfds_source import TFDSRecords, parse_tfds_spec
+
+
+def open_records(
+    spec: str,
+    data_root: str | None = None,
+    tfds_data_dir: str | None = None,
+    skip_invalid: bool = False,
+) -> Sequence[PreferenceRecord]:
+    """A random-access sequence of records. Files are validated up front (bad records stop the
+    run unless skip_invalid); TFDS datasets were validated when they were written."""
+    if spec.startswith("tfds:"):
+        name, split = parse_tfds_spec(spec)
+        return TFDSRecords(name, split, tfds_data_dir)
+    return load_records(spec, data_root, skip_invalid=skip_invalid)
