@@ -4,25 +4,46 @@ import json
 import os
 
 import pytest
+from transformers import (
+    AutoImageProcessor,
+    AutoTokenizer,
+    Qwen2_5_VLForConditionalGeneration,
+)
 
 from urt_jax.cli import main as cli_main
 from urt_jax.config import RunConfigError, load_run_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "configs", "demo.yaml")
+SMALL = ["data.synthetic.n_train=8", "data.synthetic.n_heldout=4"]
 
 
 def test_demo_runs_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
-    assert cli_main(["run", DEMO, f"output_dir={out}"]) == 0
+    assert cli_main(["run", DEMO, f"output_dir={out}", *SMALL]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["stages_done"] == ["init", "forward", "export"]
-    assert report["forward"]["logits_finite"]
+    assert report["stages_done"] == ["init", "data", "forward", "export"]
+    assert report["data"]["train"]["records"] == 8
+    assert set(report["data"]["train"]["tasks"]) == {
+        "image_generation",
+        "video_generation",
+        "image_understanding",
+        "video_understanding",
+    }
+    assert report["forward"]["logits_finite"] and report["forward"]["vision_patches"] > 0
     assert report["export"]["reload_max_abs_diff"] == {"hf": 0.0, "orbax": 0.0}
-    assert (out / "hf" / "config.json").exists()
+    # the export carries a tokenizer and processor files that transformers loads
+    hf_dir = str(out / "hf")
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir, local_files_only=True)
+    assert tokenizer.convert_tokens_to_ids("<|image_pad|>") == 4012
+    assert tokenizer.chat_template
+    processor = AutoImageProcessor.from_pretrained(hf_dir, backend="pil")
+    assert processor.size["longest_edge"] == 3136 and processor.size["shortest_edge"] == 3136
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir)
+    assert model.config.image_token_id == 4012
     capsys.readouterr()
     assert cli_main(["run", DEMO, f"output_dir={out}"]) == 0
-    assert capsys.readouterr().out.count("already done") == 3
+    assert capsys.readouterr().out.count("already done") == 4
 
 
 def test_config_typos_are_errors(tmp_path):

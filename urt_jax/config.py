@@ -29,11 +29,44 @@ class ModelSection:
 
 
 @dataclasses.dataclass
+class SyntheticSection:
+    n_train: int = 256
+    n_heldout: int = 64
+    image_size: int = 56
+    num_frames: int = 4
+    pointwise_fraction: float = 0.0
+
+
+@dataclasses.dataclass
+class DataSection:
+    train: str = "synthetic"  # "synthetic", a JSONL/JSON file, or tfds:NAME[/SPLIT]
+    heldout: str | None = None  # same forms; with "synthetic", the generated held-out split
+    data_root: str | None = None  # media paths are relative to it (default: the file's dir)
+    tfds_data_dir: str | None = None
+    templates: str = "configs/templates/unifiedreward_think.yaml"
+    tokenizer: str | None = None  # an HF tokenizer dir; default: the shipped demo tokenizer
+    max_length: int = 2048
+    min_pixels: int = 3136
+    max_pixels: int = 147456  # 384 x 384, as the released Qwen-path training
+    max_frames: int = 8
+    swap_probability: float = 0.0
+    skip_invalid: bool = False
+    batch_size: int = 4
+    bucket_lengths: list[int] = dataclasses.field(
+        default_factory=lambda: [256, 512, 1024, 2048, 4096, 8192]
+    )
+    synthetic: SyntheticSection = dataclasses.field(default_factory=SyntheticSection)
+
+
+@dataclasses.dataclass
 class RunConfig:
     output_dir: str = "runs/demo"
     seed: int = 0
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
-    stages: list[str] = dataclasses.field(default_factory=lambda: ["init", "forward", "export"])
+    data: DataSection = dataclasses.field(default_factory=DataSection)
+    stages: list[str] = dataclasses.field(
+        default_factory=lambda: ["init", "data", "forward", "export"]
+    )
 
 
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:
@@ -104,8 +137,13 @@ def load_run_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> R
         _set_dotted(data, key.strip(), yaml.safe_load(raw))
     cfg = _build(RunConfig, data, path)
     base = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    for attr in ("config", "hf_dir"):
-        value = getattr(cfg.model, attr)
+    for section, attr in (
+        ("model", "config"),
+        ("model", "hf_dir"),
+        ("data", "templates"),
+        ("data", "tokenizer"),
+    ):
+        value = getattr(getattr(cfg, section), attr)
         if value and not os.path.isabs(value) and not os.path.exists(value):
-            setattr(cfg.model, attr, os.path.join(base, value))
+            setattr(getattr(cfg, section), attr, os.path.join(base, value))
     return cfg

@@ -1,10 +1,12 @@
 """``urt-jax run``: the stages a run config declares, each resumable (finished stages are skipped).
 
 Stages available so far: ``init`` (a model from a configs/model YAML with random weights, or from a
-Hugging Face directory, written as HF safetensors), ``forward`` (a jitted forward pass on a batch
-with an image and a video, timed), ``export`` (Hugging Face and orbax exports, both reloaded and
-checked against the model). Training stages (cold-start SFT, rejection sampling, GRPO) and
-evaluation are added to this registry as they land.
+Hugging Face directory, written as HF safetensors), ``data`` (the synthetic task generated, or the
+configured data files read and validated; token-length statistics), ``forward`` (a jitted forward
+pass on a real batch from the grain pipeline, timed), ``export`` (Hugging Face directory with
+tokenizer and processor files, and an orbax directory, both reloaded and checked against the
+model). Training stages (cold-start SFT, rejection sampling, GRPO) and evaluation are added to this
+registry as they land.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from flax import nnx
 from urt_jax.config import RunConfig, RunConfigError
 from urt_jax.model.config import Qwen25VLConfig
 from urt_jax.model.hf import from_pretrained, save_pretrained
-from urt_jax.model.inputs import prepare_inputs
 from urt_jax.model.orbax_io import load_orbax, save_orbax
 from urt_jax.model.qwen2_5_vl import Qwen25VL
 
@@ -50,84 +51,133 @@ def _stage_init(cfg: RunConfig, out: str, report: dict) -> None:
     _log(f"init: {n_params / 1e6:.2f}M parameters from {source} -> {dst}")
 
 
-def demo_batch(config: Qwen25VLConfig, seed: int = 0, batch: int = 2) -> dict[str, np.ndarray]:
-    """A left-padded batch in the HF processor's format: one row with an 8x12-patch image, text
-    and a 3-frame video; another with a smaller image. Pixel values are random."""
-    rng = np.random.default_rng(seed)
-    c, v = config, config.vision
-    text = lambda n: list(rng.integers(0, min(1000, c.text.vocab_size), n))  # noqa: E731
+def _builder(cfg: RunConfig, model_config: Qwen25VLConfig, include_reply: bool = True):
+    from urt_jax.data.examples import ExampleBuilder
+    from urt_jax.data.processor import ProcessorConfig
+    from urt_jax.data.templates import Templates
+    from urt_jax.data.tokenizer import ASSET_DIR, load_tokenizer
 
-    def vis(tok: int, t: int, h: int, w: int) -> list[int]:
-        return [
-            c.vision_start_token_id,
-            *[tok] * (t * h * w // v.merge_unit),
-            c.vision_end_token_id,
-        ]
+    d = cfg.data
+    processor = ProcessorConfig(
+        min_pixels=d.min_pixels,
+        max_pixels=d.max_pixels,
+        video_min_pixels=d.min_pixels,
+        video_max_pixels=d.max_pixels,
+        max_frames=d.max_frames,
+    )
+    return ExampleBuilder(
+        load_tokenizer(d.tokenizer or ASSET_DIR),
+        Templates.load(d.templates),
+        model_config,
+        processor,
+        max_length=d.max_length,
+        include_reply=include_reply,
+        swap_probability=d.swap_probability,
+        seed=cfg.seed,
+    )
 
-    rows, grids, vgrids = [], [], []
-    for i in range(batch):
-        if i % 2 == 0:
-            rows.append(
-                text(6)
-                + vis(c.image_token_id, 1, 8, 12)
-                + text(4)
-                + vis(c.video_token_id, 3, 4, 4)
-                + text(8)
-            )
-            grids.append([1, 8, 12])
-            vgrids.append([3, 4, 4])
-        else:
-            rows.append(text(10) + vis(c.image_token_id, 1, 4, 6) + text(3))
-            grids.append([1, 4, 6])
-    length = max(map(len, rows))
-    ids = np.full((batch, length), c.text.bos_token_id or 0, np.int64)
-    mask = np.zeros((batch, length), np.int64)
-    for i, r in enumerate(rows):
-        ids[i, length - len(r) :] = r
-        mask[i, length - len(r) :] = 1
-    img = np.array(grids)
-    out = {
-        "input_ids": ids,
-        "attention_mask": mask,
-        "image_grid_thw": img,
-        "pixel_values": rng.standard_normal((int(img.prod(1).sum()), v.patch_dim), np.float32),
-    }
-    if vgrids:
-        vg = np.array(vgrids)
-        out.update(
-            video_grid_thw=vg,
-            second_per_grid_ts=np.full(len(vg), 0.5, np.float32),
-            pixel_values_videos=rng.standard_normal(
-                (int(vg.prod(1).sum()), v.patch_dim), np.float32
+
+def _records(cfg: RunConfig, out: str, split: str):
+    from urt_jax.data.sources import open_records
+
+    d = cfg.data
+    spec = d.train if split == "train" else d.heldout
+    if d.train == "synthetic" and (split == "train" or spec is None):
+        root = os.path.join(out, "data")
+        return open_records(os.path.join(root, f"{split}.jsonl"), root)
+    if spec is None:
+        raise RunConfigError(f"data.{split}: not set")
+    return open_records(spec, d.data_root, d.tfds_data_dir, d.skip_invalid)
+
+
+def _stage_data(cfg: RunConfig, out: str, report: dict) -> None:
+    from urt_jax.data.synthetic import SyntheticConfig, write_synthetic
+
+    d = cfg.data
+    if d.train == "synthetic":
+        s = d.synthetic
+        write_synthetic(
+            os.path.join(out, "data"),
+            s.n_train,
+            s.n_heldout,
+            cfg.seed,
+            SyntheticConfig(
+                image_size=s.image_size,
+                num_frames=s.num_frames,
+                pointwise_fraction=s.pointwise_fraction,
             ),
         )
-    return out
+    model_config = from_pretrained_config(out)
+    builder = _builder(cfg, model_config)
+    stats = {}
+    for split in ("train", "heldout"):
+        if split == "heldout" and d.heldout is None and d.train != "synthetic":
+            continue
+        records = _records(cfg, out, split)
+        sample = [builder(records[i]) for i in range(min(len(records), 32))]
+        lengths = [len(e["input_ids"]) for e in sample]
+        tasks: dict[str, int] = {}
+        for i in range(len(records)):
+            tasks[records[i].task] = tasks.get(records[i].task, 0) + 1
+        stats[split] = {
+            "records": len(records),
+            "tasks": tasks,
+            "tokens_mean": float(np.mean(lengths)),
+            "tokens_max": int(max(lengths)),
+        }
+        _log(
+            f"data: {split}: {len(records)} records {tasks}, "
+            f"{np.mean(lengths):.0f} tokens on average (max {max(lengths)})"
+        )
+    report["data"] = stats
 
 
-def _logits(model: Qwen25VL, batch: dict[str, np.ndarray]) -> np.ndarray:
-    inputs, _ = prepare_inputs(model.config, **batch)
+def from_pretrained_config(out: str) -> Qwen25VLConfig:
+    return Qwen25VLConfig.from_hf_file(os.path.join(out, "init_hf"))
+
+
+def _first_batch(cfg: RunConfig, out: str, config: Qwen25VLConfig):
+    from urt_jax.data.batching import Buckets
+    from urt_jax.data.pipeline import PipelineOptions, make_dataset
+
+    d = cfg.data
+    builder = _builder(cfg, config)
+    options = PipelineOptions(
+        batch_size=d.batch_size,
+        seed=cfg.seed,
+        buckets=Buckets(lengths=tuple(d.bucket_lengths)),
+        process_index=0,
+        process_count=1,
+    )
+    pad = builder.tokenizer.pad_token_id or 0
+    return next(iter(make_dataset(_records(cfg, out, "train"), builder, config, options, pad)))
+
+
+def _logits(model: Qwen25VL, inputs) -> np.ndarray:
     forward = nnx.jit(lambda m, x: m.forward(x))
     return np.asarray(forward(model, jax.tree.map(jnp.asarray, inputs)))
 
 
 def _stage_forward(cfg: RunConfig, out: str, report: dict) -> None:
     model = from_pretrained(os.path.join(out, "init_hf"), dtype=cfg.model.dtype)
-    batch = demo_batch(model.config, cfg.seed)
-    inputs, _ = prepare_inputs(model.config, **batch)
-    inputs = jax.tree.map(jnp.asarray, inputs)
+    batch = _first_batch(cfg, out, model.config)
+    inputs = jax.tree.map(jnp.asarray, batch.inputs)
     forward = nnx.jit(lambda m, x: m.forward(x))
     t0 = time.perf_counter()
     forward(model, inputs).block_until_ready()
     compile_s = time.perf_counter() - t0
-    steps, t0 = 5, time.perf_counter()
+    steps, t0 = 3, time.perf_counter()
     for _ in range(steps):
         logits = forward(model, inputs)
     logits.block_until_ready()
     step_s = (time.perf_counter() - t0) / steps
-    tokens = int(batch["attention_mask"].sum())
+    tokens = int(np.asarray(batch.inputs.attention_mask).sum())
     report["forward"] = {
-        "batch_shape": list(batch["input_ids"].shape),
+        "batch_shape": list(batch.inputs.input_ids.shape),
         "tokens": tokens,
+        "vision_patches": int(batch.inputs.pixel_values.shape[0])
+        if batch.inputs.pixel_values is not None
+        else 0,
         "compile_s": round(compile_s, 3),
         "step_s": round(step_s, 5),
         "tokens_per_s": round(tokens / step_s, 1),
@@ -139,17 +189,46 @@ def _stage_forward(cfg: RunConfig, out: str, report: dict) -> None:
     )
 
 
+def _hf_extras(cfg: RunConfig) -> dict[str, str]:
+    """Tokenizer and processor files, so the export loads with AutoTokenizer/AutoProcessor."""
+    from urt_jax.data.processor import ProcessorConfig
+    from urt_jax.data.tokenizer import ASSET_DIR
+
+    tok_dir = cfg.data.tokenizer or ASSET_DIR
+    extras = {}
+    for name in sorted(os.listdir(tok_dir)):
+        with open(os.path.join(tok_dir, name)) as f:
+            extras[name] = f.read()
+    d = cfg.data
+    proc = ProcessorConfig(
+        min_pixels=d.min_pixels,
+        max_pixels=d.max_pixels,
+        video_min_pixels=d.min_pixels,
+        video_max_pixels=d.max_pixels,
+        max_frames=d.max_frames,
+    )
+    extras["preprocessor_config.json"] = json.dumps(proc.to_hf_dict(), indent=2) + "\n"
+    extras["video_preprocessor_config.json"] = json.dumps(proc.video_hf_dict(), indent=2) + "\n"
+    return extras
+
+
 def _stage_export(cfg: RunConfig, out: str, report: dict) -> None:
     model = from_pretrained(os.path.join(out, "init_hf"))
-    batch = demo_batch(model.config, cfg.seed)
-    ref = _logits(model, batch)
+    inputs = _first_batch(cfg, out, model.config).inputs
+    ref = _logits(model, inputs)
     hf_dir, orbax_dir = os.path.join(out, "hf"), os.path.join(out, "orbax")
-    save_pretrained(model, hf_dir)
+    extras = _hf_extras(cfg)
+    save_pretrained(model, hf_dir, extra_files=extras)
     save_orbax(model, orbax_dir)
     diffs = {}
     for name, reloaded in (("hf", from_pretrained(hf_dir)), ("orbax", load_orbax(orbax_dir))):
-        diffs[name] = float(np.abs(_logits(reloaded, batch) - ref).max())
-    report["export"] = {"hf_dir": hf_dir, "orbax_dir": orbax_dir, "reload_max_abs_diff": diffs}
+        diffs[name] = float(np.abs(_logits(reloaded, inputs) - ref).max())
+    report["export"] = {
+        "hf_dir": hf_dir,
+        "orbax_dir": orbax_dir,
+        "reload_max_abs_diff": diffs,
+        "files": sorted(os.listdir(hf_dir)),
+    }
     _log(f"export: {hf_dir} and {orbax_dir}; reload max |diff| {diffs}")
     if any(d != 0.0 for d in diffs.values()):
         raise RuntimeError(f"exported model does not reproduce the logits: {diffs}")
@@ -157,6 +236,7 @@ def _stage_export(cfg: RunConfig, out: str, report: dict) -> None:
 
 STAGES: dict[str, Callable[[RunConfig, str, dict], None]] = {
     "init": _stage_init,
+    "data": _stage_data,
     "forward": _stage_forward,
     "export": _stage_export,
 }
