@@ -34,11 +34,8 @@ def _data_check(args: argparse.Namespace) -> int:
             tokenizer=load_tokenizer(args.tokenizer or ASSET_DIR),
             templates=Templates.load(args.templates) if args.templates else Templates.load(),
             model_config=Qwen25VLConfig.from_yaml(args.model_config),
-            processor=ProcessorConfig(
-                min_pixels=args.min_pixels,
-                max_pixels=args.max_pixels,
-                video_max_pixels=args.max_pixels,
-                max_frames=args.max_frames,
+            processor=ProcessorConfig.with_limits(
+                args.min_pixels, args.max_pixels, args.max_frames
             ),
             max_length=args.max_length,
             max_image_pixels=args.max_image_pixels,

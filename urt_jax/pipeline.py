@@ -58,13 +58,7 @@ def _builder(cfg: RunConfig, model_config: Qwen25VLConfig, include_reply: bool =
     from urt_jax.data.tokenizer import ASSET_DIR, load_tokenizer
 
     d = cfg.data
-    processor = ProcessorConfig(
-        min_pixels=d.min_pixels,
-        max_pixels=d.max_pixels,
-        video_min_pixels=d.min_pixels,
-        video_max_pixels=d.max_pixels,
-        max_frames=d.max_frames,
-    )
+    processor = ProcessorConfig.with_limits(d.min_pixels, d.max_pixels, d.max_frames)
     return ExampleBuilder(
         load_tokenizer(d.tokenizer or ASSET_DIR),
         Templates.load(d.templates),
@@ -200,13 +194,7 @@ def _hf_extras(cfg: RunConfig) -> dict[str, str]:
         with open(os.path.join(tok_dir, name)) as f:
             extras[name] = f.read()
     d = cfg.data
-    proc = ProcessorConfig(
-        min_pixels=d.min_pixels,
-        max_pixels=d.max_pixels,
-        video_min_pixels=d.min_pixels,
-        video_max_pixels=d.max_pixels,
-        max_frames=d.max_frames,
-    )
+    proc = ProcessorConfig.with_limits(d.min_pixels, d.max_pixels, d.max_frames)
     extras["preprocessor_config.json"] = json.dumps(proc.to_hf_dict(), indent=2) + "\n"
     extras["video_preprocessor_config.json"] = json.dumps(proc.video_hf_dict(), indent=2) + "\n"
     return extras

@@ -40,6 +40,17 @@ class ProcessorConfig:
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
 
+    @classmethod
+    def with_limits(cls, min_pixels: int, max_pixels: int, max_frames: int) -> ProcessorConfig:
+        """The same pixel limits for images and video frames (as the released training)."""
+        return cls(
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
+            video_min_pixels=min_pixels,
+            video_max_pixels=max_pixels,
+            max_frames=max_frames,
+        )
+
     @property
     def factor(self) -> int:
         return self.patch_size * self.merge_size
