@@ -103,7 +103,7 @@ def test_batch_shapes_are_bucketed_and_the_model_runs(setup):
     batch = next(iter(make_dataset(records, builder, config, _options())))
     inputs = batch.inputs
     assert inputs.input_ids.shape[1] in (512, 1024)
-    n = inputs.pixel_values.shape[0]
+    n = inputs.pixel_values.shape[1]  # patches per row
     assert n & (n - 1) == 0  # a power of two
     # targets are only reply tokens, and decode to the records' replies
     by_id = {r.id: r for r in records}

@@ -16,7 +16,8 @@ from urt_jax.model.inputs import ModelInputs, prepare_inputs
 
 @dataclasses.dataclass(frozen=True)
 class Buckets:
-    """Sequence lengths to pad to (the smallest that fits), and the minimum vision buckets."""
+    """Sequence lengths to pad to (the smallest that fits), and the minimum vision buckets (per
+    row: patches, attention windows, frames, longest frame; each rounded up to a power of two)."""
 
     lengths: tuple[int, ...] = (128, 256, 512, 1024, 2048, 4096, 8192)
     min_patches: int = 64
@@ -47,19 +48,6 @@ class Batch:
     record_ids: list[str]
 
 
-def _vision_counts(grids: np.ndarray, config: Qwen25VLConfig) -> tuple[int, int, int, int]:
-    """(patches, windows, frames, longest frame) of the vision tower input."""
-    v = config.vision
-    patches = windows = frames = longest = 0
-    for t, h, w in grids.tolist():
-        hh, ww = h // v.spatial_merge_size, w // v.spatial_merge_size
-        patches += t * h * w
-        windows += t * math.ceil(hh / v.window_merged) * math.ceil(ww / v.window_merged)
-        frames += t
-        longest = max(longest, h * w)
-    return patches, windows, frames, longest
-
-
 def collate(
     examples: Sequence[dict],
     config: Qwen25VLConfig,
@@ -81,23 +69,29 @@ def collate(
         mask[i, sl] = 1
         loss[i, sl] = e["loss_mask"]
 
-    def cat(key: str, width: int | None = None) -> np.ndarray | None:
+    def cat(key: str) -> np.ndarray | None:
         parts = [e[key] for e in examples if key in e]
         return np.concatenate(parts) if parts else None
 
     pv, ig = cat("pixel_values"), cat("image_grid_thw")
     pvv, vg, spg = cat("pixel_values_videos"), cat("video_grid_thw"), cat("second_per_grid_ts")
-    pads = {}
-    grids = [g for g in (ig, vg) if g is not None]
-    if grids:
-        patches, windows, frames, longest = _vision_counts(np.concatenate(grids), config)
-        pads = dict(
-            pad_patches_to=pow2_at_least(patches, buckets.min_patches),
-            pad_windows_to=pow2_at_least(windows, buckets.min_windows),
-            pad_frames_to=pow2_at_least(frames, buckets.min_frames),
-            pad_frame_len_to=pow2_at_least(longest, buckets.min_frame_len),
-        )
-    inputs, deltas = prepare_inputs(config, ids, mask, pv, ig, pvv, vg, spg, **pads)
+    minimum = {
+        "patches": buckets.min_patches,
+        "windows": buckets.min_windows,
+        "frames": buckets.min_frames,
+        "frame_len": buckets.min_frame_len,
+    }
+    inputs, deltas = prepare_inputs(
+        config,
+        ids,
+        mask,
+        pv,
+        ig,
+        pvv,
+        vg,
+        spg,
+        round_up=lambda kind, n: pow2_at_least(n, minimum[kind]),
+    )
     return Batch(
         inputs,
         loss,

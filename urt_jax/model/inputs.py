@@ -10,12 +10,14 @@ shape. Every inconsistency is reported here, before any compute.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Callable
 
 import jax
 import numpy as np
 
 from urt_jax.model.config import Qwen25VLConfig
-from urt_jax.model.rope import get_rope_index
+from urt_jax.model.rope import IMAGE, TEXT, VIDEO, get_rope_index, token_types
 from urt_jax.model.vision_layout import check_grids, merged_token_counts, vision_layout
 
 
@@ -29,11 +31,12 @@ class ModelInputs:
     input_ids: np.ndarray | jax.Array  # [B, T] int32
     attention_mask: np.ndarray | jax.Array  # [B, T] int32, 1 = real token
     position_ids: np.ndarray | jax.Array  # [3, B, T] int32 M-RoPE positions
-    vision_token_index: np.ndarray | jax.Array  # [B, T] int32 index into vision features, or -1
-    pixel_values: np.ndarray | jax.Array | None = None  # [Np, C*T*p*p] images then videos
-    rot_pos: np.ndarray | jax.Array | None = None  # [Np, 2]
-    window_index: np.ndarray | jax.Array | None = None  # [Sw, Lw]
-    frame_index: np.ndarray | jax.Array | None = None  # [Sf, Lf]
+    vision_token_index: np.ndarray | jax.Array  # [B, T] int32 index into the row's features or -1
+    # Per row: that row's images and videos in placeholder order, patches padded to Np.
+    pixel_values: np.ndarray | jax.Array | None = None  # [B, Np, C*T*p*p]
+    rot_pos: np.ndarray | jax.Array | None = None  # [B, Np, 2]
+    window_index: np.ndarray | jax.Array | None = None  # [B, Sw, Lw] row-local, pad = Np
+    frame_index: np.ndarray | jax.Array | None = None  # [B, Sf, Lf] row-local, pad = Np
 
     @property
     def has_vision(self) -> bool:
@@ -96,6 +99,29 @@ def _check_modality(
     return n_tokens
 
 
+def _row_media(
+    ids: np.ndarray, real: np.ndarray, config: Qwen25VLConfig, grids: dict, pixels: dict
+) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """Per row, its (grid, pixel rows) in placeholder order: images and videos are consumed in
+    row-major order over the batch, as transformers' masked_scatter does."""
+    offsets = {IMAGE: 0, VIDEO: 0}
+    counters = {IMAGE: 0, VIDEO: 0}
+    rows = []
+    types = token_types(ids, config)
+    for b in range(ids.shape[0]):
+        media = []
+        for kind, _ in itertools.groupby(types[b][real[b]].tolist()):
+            if kind == TEXT:
+                continue
+            grid = grids[kind][counters[kind]]
+            n = int(np.prod(grid))
+            media.append((grid, pixels[kind][offsets[kind] : offsets[kind] + n]))
+            counters[kind] += 1
+            offsets[kind] += n
+        rows.append(media)
+    return rows
+
+
 def prepare_inputs(
     config: Qwen25VLConfig,
     input_ids,
@@ -106,12 +132,15 @@ def prepare_inputs(
     video_grid_thw=None,
     second_per_grid_ts=None,
     *,
-    pad_patches_to: int | None = None,
-    pad_windows_to: int | None = None,
-    pad_frames_to: int | None = None,
-    pad_frame_len_to: int | None = None,
+    round_up: Callable[[str, int], int] | None = None,
 ) -> tuple[ModelInputs, np.ndarray]:
-    """Validates HF-processor style inputs and returns (ModelInputs, rope_deltas [B])."""
+    """Validates HF-processor style inputs and returns (ModelInputs, rope_deltas [B]).
+
+    Vision inputs are laid out per row ([B, patches, ...], indices local to the row), so every
+    array of ModelInputs has the batch as a shardable axis. ``round_up(kind, n)`` picks the padded
+    size for kind in {"patches", "windows", "frames", "frame_len"} (default: the batch maximum);
+    use power-of-two buckets to bound the number of compiled shapes.
+    """
     ids = _as_np(input_ids, "input_ids", 2, np.int64)
     mask = (
         np.ones_like(ids)
@@ -133,17 +162,18 @@ def prepare_inputs(
     vg = _as_np(video_grid_thw, "video_grid_thw", None, np.int64)
     spg = _as_np(second_per_grid_ts, "second_per_grid_ts", None, np.float32)
     real = mask.astype(bool)
-    n_img = _check_modality(
+    masked_ids = np.where(real, ids, -1)
+    _check_modality(
         config,
-        np.where(real, ids, -1),
+        masked_ids,
         pv,
         ig,
         config.image_token_id,
         ("pixel_values", "image_grid_thw", "image"),
     )
-    n_vid = _check_modality(
+    _check_modality(
         config,
-        np.where(real, ids, -1),
+        masked_ids,
         pvv,
         vg,
         config.video_token_id,
@@ -161,37 +191,65 @@ def prepare_inputs(
     except ValueError as e:
         raise InputError(str(e)) from None
 
-    # Placeholder token -> row of the merged vision features (images first, then videos), in
-    # row-major order over the batch like transformers' masked_scatter.
-    token_index = np.full(ids.shape, -1, np.int64)
-    img_pos = real & (ids == config.image_token_id)
-    vid_pos = real & (ids == config.video_token_id)
-    token_index[img_pos] = np.arange(n_img)
-    token_index[vid_pos] = n_img + np.arange(n_vid)
-
+    # Placeholder token -> index into its row's merged vision features, in token order.
+    vision = real & ((ids == config.image_token_id) | (ids == config.video_token_id))
+    token_index = np.where(vision, np.cumsum(vision, axis=1) - 1, -1)
     inputs = ModelInputs(
         ids.astype(np.int32),
         mask.astype(np.int32),
         positions.astype(np.int32),
         token_index.astype(np.int32),
     )
-    grids = [g for g in (ig, vg) if g is not None]
-    if grids:
-        pixels = np.concatenate([p for p in (pv, pvv) if p is not None])
-        grid = np.concatenate(grids)
+    if ig is None and vg is None:
+        return inputs, deltas
+
+    rows = _row_media(ids, real, config, {IMAGE: ig, VIDEO: vg}, {IMAGE: pv, VIDEO: pvv})
+    v = config.vision
+    need = {"patches": 0, "windows": 0, "frames": 0, "frame_len": 1}
+    for media in rows:
+        if not media:
+            continue
+        grid = np.stack([g for g, _ in media])
+        counts = _vision_counts(grid, config)
+        for k in need:
+            need[k] = max(need[k], counts[k])
+    rnd = round_up or (lambda kind, n: n)
+    size = {k: max(int(rnd(k, n)), n) for k, n in need.items()}
+    size["patches"] = -(-size["patches"] // v.merge_unit) * v.merge_unit
+    size["windows"], size["frames"] = max(size["windows"], 1), max(size["frames"], 1)
+    b = ids.shape[0]
+    inputs.pixel_values = np.zeros((b, size["patches"], v.patch_dim), np.float32)
+    inputs.rot_pos = np.zeros((b, size["patches"], 2), np.int32)
+    w_len = v.window_merged**2 * v.merge_unit
+    inputs.window_index = np.full((b, size["windows"], w_len), size["patches"], np.int32)
+    inputs.frame_index = np.full((b, size["frames"], size["frame_len"]), size["patches"], np.int32)
+    for row, media in enumerate(rows):
+        if not media:
+            continue
         layout = vision_layout(
-            grid,
-            config.vision,
-            pad_patches_to=pad_patches_to,
-            pad_windows_to=pad_windows_to,
-            pad_frames_to=pad_frames_to,
-            pad_frame_len_to=pad_frame_len_to,
+            np.stack([g for g, _ in media]),
+            v,
+            pad_patches_to=size["patches"],
+            pad_windows_to=size["windows"],
+            pad_frames_to=size["frames"],
+            pad_frame_len_to=size["frame_len"],
         )
-        if layout.padded_patches > pixels.shape[0]:
-            pad = np.zeros((layout.padded_patches - pixels.shape[0], pixels.shape[1]), np.float32)
-            pixels = np.concatenate([pixels, pad])
-        inputs.pixel_values = pixels
-        inputs.rot_pos = layout.rot_pos
-        inputs.window_index = layout.window_index
-        inputs.frame_index = layout.frame_index
+        pixels = np.concatenate([p for _, p in media])
+        inputs.pixel_values[row, : len(pixels)] = pixels
+        inputs.rot_pos[row] = layout.rot_pos
+        inputs.window_index[row] = layout.window_index
+        inputs.frame_index[row] = layout.frame_index
     return inputs, deltas
+
+
+def _vision_counts(grid: np.ndarray, config: Qwen25VLConfig) -> dict[str, int]:
+    """What one row's media need: patches, attention windows, frames, longest frame."""
+    v = config.vision
+    out = {"patches": 0, "windows": 0, "frames": 0, "frame_len": 1}
+    for t, h, w in grid.tolist():
+        hh, ww = h // v.spatial_merge_size, w // v.spatial_merge_size
+        out["patches"] += t * h * w
+        out["windows"] += t * -(-hh // v.window_merged) * -(-ww // v.window_merged)
+        out["frames"] += t
+        out["frame_len"] = max(out["frame_len"], h * w)
+    return out

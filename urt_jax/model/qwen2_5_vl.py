@@ -53,9 +53,25 @@ class Qwen25VL(nnx.Module):
 
     # ---------------------------------------------------------------- jittable pieces
     def vision_features(self, inputs: ModelInputs) -> jax.Array:
-        return self.visual(
-            inputs.pixel_values, inputs.rot_pos, inputs.window_index, inputs.frame_index
+        """Merged vision features per row, [B, Np / merge_unit, D], in placeholder order.
+
+        The rows are flattened into one sequence for the tower (segment indices are offset per
+        row, so attention never crosses rows), which keeps the batch axis shardable.
+        """
+        b, n, p = inputs.pixel_values.shape
+        offsets = (jnp.arange(b, dtype=jnp.int32) * n)[:, None, None]
+
+        def flat(index):
+            shifted = jnp.where(index < n, index + offsets, b * n)
+            return shifted.reshape(-1, index.shape[-1])
+
+        feats = self.visual(
+            inputs.pixel_values.reshape(b * n, p),
+            inputs.rot_pos.reshape(b * n, 2),
+            flat(inputs.window_index),
+            flat(inputs.frame_index),
         )
+        return feats.reshape(b, n // self.config.vision.merge_unit, -1)
 
     def embed(self, inputs: ModelInputs) -> jax.Array:
         """Token embeddings with vision features written at the placeholder positions."""
@@ -63,7 +79,7 @@ class Qwen25VL(nnx.Module):
         if inputs.has_vision:
             feats = self.vision_features(inputs).astype(x.dtype)
             idx = inputs.vision_token_index
-            gathered = jnp.take(feats, jnp.maximum(idx, 0), axis=0)
+            gathered = jnp.take_along_axis(feats, jnp.maximum(idx, 0)[..., None], axis=1)
             x = jnp.where((idx >= 0)[..., None], gathered, x)
         return x
 
