@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from urt_jax.sharding.mesh import MeshConfig
+
 
 class RunConfigError(ValueError):
     pass
@@ -59,11 +61,34 @@ class DataSection:
 
 
 @dataclasses.dataclass
+class TrainSection:
+    max_steps: int = 100
+    learning_rate: float = 2.5e-6  # released SFT value
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.0  # cosine decays to learning_rate * min_lr_ratio
+    weight_decay: float = 0.0
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    grad_accum: int = 1  # micro-batches per optimiser step
+    freeze_vision: bool = True  # vision tower and merger frozen, as released
+    nonfinite: str = "skip"  # a NaN/Inf loss or gradient: "skip" the update or "stop"
+    log_every: int = 1
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 3
+    async_checkpoint: bool = True
+    progress: bool = True  # a progress bar with ETA on a terminal
+
+
+@dataclasses.dataclass
 class RunConfig:
     output_dir: str = "runs/demo"
     seed: int = 0
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
     data: DataSection = dataclasses.field(default_factory=DataSection)
+    train: TrainSection = dataclasses.field(default_factory=TrainSection)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     stages: list[str] = dataclasses.field(
         default_factory=lambda: ["init", "data", "forward", "export"]
     )
@@ -116,6 +141,11 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
         return [_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if isinstance(hint, type) and not isinstance(value, hint):
         raise RunConfigError(f"{where}: expected {hint.__name__}, found {value!r}")
     return value

@@ -52,23 +52,9 @@ def _stage_init(cfg: RunConfig, out: str, report: dict) -> None:
 
 
 def _builder(cfg: RunConfig, model_config: Qwen25VLConfig, include_reply: bool = True):
-    from urt_jax.data.examples import ExampleBuilder
-    from urt_jax.data.processor import ProcessorConfig
-    from urt_jax.data.templates import Templates
-    from urt_jax.data.tokenizer import ASSET_DIR, load_tokenizer
+    from urt_jax.data.examples import builder_from_config
 
-    d = cfg.data
-    processor = ProcessorConfig.with_limits(d.min_pixels, d.max_pixels, d.max_frames)
-    return ExampleBuilder(
-        load_tokenizer(d.tokenizer or ASSET_DIR),
-        Templates.load(d.templates),
-        model_config,
-        processor,
-        max_length=d.max_length,
-        include_reply=include_reply,
-        swap_probability=d.swap_probability,
-        seed=cfg.seed,
-    )
+    return builder_from_config(cfg.data, model_config, cfg.seed, include_reply)
 
 
 def _records(cfg: RunConfig, out: str, split: str):

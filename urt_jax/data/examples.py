@@ -111,3 +111,21 @@ class ExampleBuilder:
         out["verdict"] = np.asarray(record.verdict)
         out["record_id"] = np.asarray(record.id)
         return out
+
+
+def builder_from_config(
+    data, model_config: Qwen25VLConfig, seed: int = 0, include_reply: bool = True
+) -> ExampleBuilder:
+    """The ExampleBuilder a run config's data section describes."""
+    from urt_jax.data.tokenizer import ASSET_DIR, load_tokenizer
+
+    return ExampleBuilder(
+        load_tokenizer(data.tokenizer or ASSET_DIR),
+        Templates.load(data.templates),
+        model_config,
+        ProcessorConfig.with_limits(data.min_pixels, data.max_pixels, data.max_frames),
+        max_length=data.max_length,
+        include_reply=include_reply,
+        swap_probability=data.swap_probability,
+        seed=seed,
+    )

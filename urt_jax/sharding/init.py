@@ -1,0 +1,33 @@
+"""Creating or loading a model straight into its shards."""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh
+
+from urt_jax.model.config import Qwen25VLConfig
+from urt_jax.model.qwen2_5_vl import Qwen25VL
+from urt_jax.sharding.rules import state_shardings
+
+
+def init_model(
+    config: Qwen25VLConfig,
+    dtype: str = "float32",
+    remat: str = "none",
+    seed: int = 0,
+    mesh: Mesh | None = None,
+) -> Qwen25VL:
+    """A randomly initialised model; with a mesh, each parameter is created in its shards (the
+    initialiser is jitted with the rules table's out_shardings, never materialised whole)."""
+
+    def build() -> Qwen25VL:
+        return Qwen25VL(config, dtype=dtype, remat=remat, rngs=nnx.Rngs(seed))
+
+    if mesh is None:
+        return build()
+    abstract = nnx.eval_shape(build)
+    graphdef, abstract_state = nnx.split(abstract)
+    shardings = state_shardings(abstract_state, mesh)
+    state = jax.jit(lambda: nnx.state(build()), out_shardings=shardings)()
+    return nnx.merge(graphdef, state)

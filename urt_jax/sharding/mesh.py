@@ -1,0 +1,94 @@
+"""Device meshes with the axes (data, fsdp, tensor), from config, and multi-host start-up."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+log = logging.getLogger(__name__)
+
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # the batch is split over both: FSDP is data parallel too
+
+
+@dataclasses.dataclass
+class MeshConfig:
+    data: int = -1  # -1: all devices the other axes leave
+    fsdp: int = 1
+    tensor: int = 1
+    distributed: bool = False  # call jax.distributed.initialize() before anything else
+    coordinator_address: str | None = None  # for CPU/GPU clusters without auto-detection
+    num_processes: int | None = None
+    process_id: int | None = None
+
+
+def initialize_distributed(cfg: MeshConfig) -> None:
+    """jax.distributed.initialize() when configured (TPU pods detect everything themselves)."""
+    if not cfg.distributed:
+        return
+    kwargs = {
+        k: v
+        for k, v in (
+            ("coordinator_address", cfg.coordinator_address),
+            ("num_processes", cfg.num_processes),
+            ("process_id", cfg.process_id),
+        )
+        if v is not None
+    }
+    jax.distributed.initialize(**kwargs)
+    log.info(
+        "jax.distributed: process %d of %d, %d devices (%d local)",
+        jax.process_index(),
+        jax.process_count(),
+        jax.device_count(),
+        jax.local_device_count(),
+    )
+
+
+def mesh_shape(cfg: MeshConfig, device_count: int) -> tuple[int, int, int]:
+    sizes = [cfg.data, cfg.fsdp, cfg.tensor]
+    if sum(s == -1 for s in sizes) > 1:
+        raise ValueError(f"mesh: at most one axis may be -1, found {_named(sizes)}")
+    if any(s == 0 or s < -1 for s in sizes):
+        raise ValueError(f"mesh: sizes must be positive or -1, found {_named(sizes)}")
+    fixed = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        if device_count % fixed:
+            raise ValueError(
+                f"mesh: {device_count} devices do not divide by the fixed axes {_named(sizes)}"
+            )
+        sizes[sizes.index(-1)] = device_count // fixed
+    if int(np.prod(sizes)) > device_count:
+        raise ValueError(
+            f"mesh {_named(sizes)} needs {int(np.prod(sizes))} devices, "
+            f"only {device_count} are available"
+        )
+    return tuple(sizes)  # type: ignore[return-value]
+
+
+def make_mesh(cfg: MeshConfig, devices: list | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh; a mesh smaller than the device count uses the first ones."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape(cfg, len(devices))
+    n = int(np.prod(shape))
+    if n < len(devices):
+        log.warning("mesh %s uses %d of %d devices", _named(shape), n, len(devices))
+    return Mesh(np.asarray(devices[:n]).reshape(shape), AXES)
+
+
+def batch_sharding(mesh: Mesh, ndim: int, batch_axis: int = 0) -> NamedSharding:
+    spec = [None] * ndim
+    spec[batch_axis] = BATCH_AXES
+    return NamedSharding(mesh, PartitionSpec(*spec))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def _named(sizes) -> dict[str, int]:
+    return dict(zip(AXES, sizes, strict=True))

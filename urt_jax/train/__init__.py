@@ -1,0 +1,1 @@
+"""Training: losses, optimiser, train state, SFT and GRPO steps and loops, checkpoints, metrics."""

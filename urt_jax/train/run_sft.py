@@ -1,0 +1,109 @@
+"""``urt-jax sft``: the supervised training loop (model and data from a run config)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+
+from urt_jax.config import RunConfig
+from urt_jax.data.batching import Buckets
+from urt_jax.data.examples import builder_from_config
+from urt_jax.data.pipeline import PipelineOptions, make_dataset
+from urt_jax.data.sources import open_records
+from urt_jax.model.config import Qwen25VLConfig
+from urt_jax.model.hf import from_pretrained, save_pretrained
+from urt_jax.sharding.init import init_model
+from urt_jax.sharding.mesh import initialize_distributed, make_mesh
+from urt_jax.train.checkpoint import Checkpointer
+from urt_jax.train.metrics import MetricsLogger
+from urt_jax.train.sft import SFTTrainer
+
+log = logging.getLogger(__name__)
+
+
+def load_model(cfg: RunConfig, mesh, hf_dir: str | None = None):
+    """The starting model: an HF directory (loaded into its shards) or a random init."""
+    hf_dir = hf_dir or cfg.model.hf_dir
+    if hf_dir:
+        return from_pretrained(hf_dir, dtype=cfg.model.dtype, mesh=mesh, remat=cfg.model.remat)
+    if not cfg.model.config:
+        raise ValueError("model: set model.hf_dir or model.config")
+    return init_model(
+        Qwen25VLConfig.from_yaml(cfg.model.config), cfg.model.dtype, cfg.model.remat, cfg.seed, mesh
+    )
+
+
+def run_sft(
+    cfg: RunConfig,
+    out_dir: str,
+    train_spec: str | None = None,
+    hf_dir: str | None = None,
+    data_root: str | None = None,
+) -> dict:
+    """Trains for train.max_steps optimiser steps, resuming from the newest complete checkpoint
+    in {out_dir}/checkpoints; writes metrics and, at the end, {out_dir}/hf."""
+    initialize_distributed(cfg.mesh)
+    mesh = make_mesh(cfg.mesh)
+    model = load_model(cfg, mesh, hf_dir)
+    data, train = cfg.data, cfg.train
+    n_proc = jax.process_count()
+    batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    if data.batch_size % batch_ways or data.batch_size % n_proc:
+        raise ValueError(
+            f"data.batch_size {data.batch_size} must divide by data*fsdp = "
+            f"{batch_ways} and by the {n_proc} processes"
+        )
+    builder = builder_from_config(data, model.config, cfg.seed)
+    records = open_records(
+        train_spec or data.train, data_root or data.data_root, data.tfds_data_dir, data.skip_invalid
+    )
+    options = PipelineOptions(
+        batch_size=data.batch_size // n_proc,
+        seed=cfg.seed,
+        num_epochs=None,
+        buckets=Buckets(lengths=tuple(data.bucket_lengths)),
+    )
+    pad_id = builder.tokenizer.pad_token_id or 0
+    dataset = make_dataset(records, builder, model.config, options, pad_id)
+    trainer = SFTTrainer(model, mesh, train, train.max_steps, cfg.seed)
+    del model
+    log.info(
+        "SFT: %d trainable, %d frozen parameters; mesh %s",
+        trainer.num_trainable,
+        trainer.num_frozen,
+        dict(mesh.shape),
+    )
+    ckpt = Checkpointer(
+        os.path.join(out_dir, "checkpoints"),
+        train.checkpoint_every,
+        train.keep_checkpoints,
+        train.async_checkpoint,
+    )
+    iterator = iter(dataset)
+    start = 0
+    restored = ckpt.restore_latest(trainer.abstract_state())
+    if restored is not None:
+        start, trainer.state, data_state = restored
+        iterator.set_state(data_state)
+        log.info("resumed from step %d", start)
+    logger = MetricsLogger(
+        out_dir, train.max_steps, start, progress=train.progress, enabled=jax.process_index() == 0
+    )
+    last = {}
+    try:
+        for step in range(start + 1, train.max_steps + 1):
+            micro = [next(iterator) for _ in range(train.grad_accum)]
+            last = trainer.step(micro)
+            if step % train.log_every == 0 or step == train.max_steps:
+                logger.log(step, last)
+            ckpt.save(step, trainer.state, iterator.get_state(), force=step == train.max_steps)
+    finally:
+        ckpt.close()
+        logger.close()
+    if jax.process_count() == 1:
+        save_pretrained(
+            trainer.model(), os.path.join(out_dir, "hf"), source_dir=hf_dir or cfg.model.hf_dir
+        )
+    return {"steps": train.max_steps, "resumed_from": start, "final": last}

@@ -1,0 +1,210 @@
+"""Supervised fine-tuning (the cold start and the rejection-sampling SFT) on a device mesh.
+
+The model is split once into a graph definition, the trainable parameters and the frozen ones
+(the vision tower and merger by default, as released). Two jitted functions run a step, both with
+explicit shardings from the logical-axis rules and donated buffers:
+``accumulate`` adds one micro-batch's summed token loss, token count and gradients, and ``apply``
+divides by the token count of the whole global batch, clips, and applies AdamW. The loss therefore
+does not depend on the mesh or on how the batch is split into micro-batches. A non-finite loss or
+gradient norm leaves parameters and optimiser state untouched (``train.nonfinite``: skip or stop).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from urt_jax.config import TrainSection
+from urt_jax.data.batching import Batch
+from urt_jax.model.inputs import ModelInputs
+from urt_jax.model.qwen2_5_vl import Qwen25VL
+from urt_jax.sharding.mesh import BATCH_AXES
+from urt_jax.train.loss import masked_nll
+from urt_jax.train.optim import learning_rate_schedule, make_optimizer
+
+log = logging.getLogger(__name__)
+
+# Which axis of each ModelInputs field is the batch.
+_BATCH_AXIS = {
+    "input_ids": 0,
+    "attention_mask": 0,
+    "position_ids": 1,
+    "vision_token_index": 0,
+    "pixel_values": 0,
+    "rot_pos": 0,
+    "window_index": 0,
+    "frame_index": 0,
+}
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def trainable_filter(freeze_vision: bool):
+    def keep(path, value) -> bool:
+        return isinstance(value, nnx.Param) and not (freeze_vision and path[0] == "visual")
+
+    return keep
+
+
+def put_global(mesh: Mesh, array: np.ndarray, batch_axis: int | None) -> jax.Array:
+    """A global array from this process's rows (the batch axis split over data and fsdp)."""
+    spec = [None] * array.ndim
+    if batch_axis is not None:
+        spec[batch_axis] = BATCH_AXES
+    return jax.make_array_from_process_local_data(
+        NamedSharding(mesh, PartitionSpec(*spec)), np.asarray(array)
+    )
+
+
+def shard_batch(mesh: Mesh, batch: Batch) -> tuple[ModelInputs, jax.Array]:
+    fields = {}
+    for f in dataclasses.fields(ModelInputs):
+        value = getattr(batch.inputs, f.name)
+        fields[f.name] = None if value is None else put_global(mesh, value, _BATCH_AXIS[f.name])
+    return ModelInputs(**fields), put_global(mesh, batch.loss_mask, 0)
+
+
+class SFTTrainer:
+    def __init__(
+        self, model: Qwen25VL, mesh: Mesh, cfg: TrainSection, total_steps: int, seed: int = 0
+    ):
+        self.mesh, self.cfg = mesh, cfg
+        self.graphdef, params, self.frozen = nnx.split(
+            model, trainable_filter(cfg.freeze_vision), ...
+        )
+        self.tx = make_optimizer(cfg, total_steps)
+        self.schedule = learning_rate_schedule(cfg, total_steps)
+        replicated = NamedSharding(mesh, PartitionSpec())
+        opt_state = jax.jit(self.tx.init)(params)  # moments follow the parameters' shardings
+
+        def on_mesh(x):  # scalars (e.g. Adam's count) come out on one device: replicate them
+            if isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh:
+                return x
+            return jax.device_put(x, replicated)
+
+        opt_state = jax.tree.map(on_mesh, opt_state)
+        self.state = {
+            "params": params,
+            "opt_state": opt_state,
+            "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
+            "rng": jax.device_put(jax.random.key_data(jax.random.key(seed)), replicated),
+        }
+        self.state_shardings = jax.tree.map(lambda x: x.sharding, self.state)
+        self.param_shardings = self.state_shardings["params"]
+        self._accumulate = jax.jit(
+            self._accumulate_fn,
+            donate_argnums=(0,),
+            out_shardings=(self.param_shardings, replicated, replicated),
+        )
+        self._apply = jax.jit(
+            self._apply_fn,
+            donate_argnums=(0, 1),
+            in_shardings=(self.state_shardings, self.param_shardings, replicated, replicated),
+            out_shardings=(self.state_shardings, replicated),
+        )
+        self.num_trainable = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+        self.num_frozen = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.frozen))
+
+    # ------------------------------------------------------------------ jitted pieces
+    def _loss_sum(self, params, frozen, inputs: ModelInputs, loss_mask):
+        model = nnx.merge(self.graphdef, params, frozen)
+        return masked_nll(model.forward(inputs), inputs.input_ids, loss_mask)
+
+    def _accumulate_fn(self, acc, params, frozen, inputs, loss_mask):
+        grads_acc, loss_acc, count_acc = acc
+        (loss_sum, count), grads = jax.value_and_grad(self._loss_sum, has_aux=True)(
+            params, frozen, inputs, loss_mask
+        )
+        return (jax.tree.map(jnp.add, grads_acc, grads), loss_acc + loss_sum, count_acc + count)
+
+    def _apply_fn(self, state, grads_sum, loss_sum, count):
+        denom = jnp.maximum(count, 1.0)
+        grads = jax.tree.map(lambda g: g / denom, grads_sum)
+        loss = loss_sum / denom
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+
+        def keep_if_finite(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+        new_state = {
+            "params": keep_if_finite(params, state["params"]),
+            "opt_state": keep_if_finite(opt_state, state["opt_state"]),
+            "step": state["step"] + 1,
+            "rng": state["rng"],
+        }
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "finite": finite,
+            "learning_rate": self.schedule(state["step"]),
+            "target_tokens": count,
+        }
+        return new_state, metrics
+
+    # ------------------------------------------------------------------ host side
+    def zero_accumulator(self):
+        zeros = jax.tree.map(
+            lambda p, s: jax.device_put(jnp.zeros(p.shape, jnp.float32), s),
+            self.state["params"],
+            self.param_shardings,
+        )
+        scalar = NamedSharding(self.mesh, PartitionSpec())
+        return (
+            zeros,
+            jax.device_put(jnp.zeros((), jnp.float32), scalar),
+            jax.device_put(jnp.zeros((), jnp.float32), scalar),
+        )
+
+    def step(self, micro_batches: list[Batch]) -> dict:
+        """One optimiser step over the given micro-batches; returns host metrics."""
+        t0 = time.perf_counter()
+        acc = self.zero_accumulator()
+        tokens = 0
+        for batch in micro_batches:
+            inputs, loss_mask = shard_batch(self.mesh, batch)
+            acc = self._accumulate(acc, self.state["params"], self.frozen, inputs, loss_mask)
+            tokens += int(np.asarray(batch.inputs.attention_mask).sum())
+        self.state, metrics = self._apply(self.state, *acc)
+        metrics = {k: np.asarray(v) for k, v in metrics.items()}
+        elapsed = time.perf_counter() - t0
+        out = {
+            "loss": float(metrics["loss"]),
+            "grad_norm": float(metrics["grad_norm"]),
+            "learning_rate": float(metrics["learning_rate"]),
+            "target_tokens": int(metrics["target_tokens"]),
+            "tokens": tokens * jax.process_count(),
+            "tokens_per_second": tokens * jax.process_count() / elapsed,
+            "step_seconds": elapsed,
+            "skipped": not bool(metrics["finite"]),
+        }
+        if out["skipped"]:
+            step = int(np.asarray(self.state["step"]))
+            message = (
+                f"step {step}: non-finite loss {out['loss']} or gradient norm "
+                f"{out['grad_norm']}; the update was not applied"
+            )
+            if self.cfg.nonfinite == "stop":
+                raise NonFiniteLossError(message + " (train.nonfinite=stop)")
+            log.warning("%s (train.nonfinite=skip)", message)
+        return out
+
+    def model(self) -> Qwen25VL:
+        return nnx.merge(self.graphdef, self.state["params"], self.frozen)
+
+    def abstract_state(self):
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.state
+        )
