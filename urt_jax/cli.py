@@ -48,6 +48,18 @@ def _data_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _sft(args: argparse.Namespace) -> None:
+    from urt_jax.config import load_run_config
+    from urt_jax.train.run_sft import run_sft
+
+    cfg = load_run_config(args.config, args.overrides)
+    result = run_sft(cfg, cfg.output_dir)
+    print(
+        f"sft: {result['steps']} steps (resumed from {result['resumed_from']}); "
+        f"final loss {result['final'].get('loss')}; model in {cfg.output_dir}/hf"
+    )
+
+
 def _run(args: argparse.Namespace) -> None:
     from urt_jax.config import load_run_config
     from urt_jax.pipeline import run
@@ -63,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config")
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=1")
     run.set_defaults(func=_run)
+
+    sft = sub.add_parser("sft", help="supervised fine-tuning (cold start / rejection-sampling SFT)")
+    sft.add_argument("config")
+    sft.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=10")
+    sft.set_defaults(func=_sft)
 
     conv = sub.add_parser("convert", help="convert between Hugging Face and orbax model dirs")
     conv.add_argument("direction", choices=["hf-to-orbax", "orbax-to-hf"])
@@ -109,8 +126,17 @@ def _default_model_config() -> str:
     return os.path.join(root, "configs", "model", "tiny.yaml")
 
 
+def _setup_logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="[urt-jax] %(levelname)s %(name)s: %(message)s")
+    for noisy in ("absl", "jax", "orbax", "tensorflow_datasets", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _setup_logging()
     try:
         status = args.func(args)
     except (ValueError, FileNotFoundError) as e:

@@ -100,3 +100,59 @@ def collate(
         [str(e.get("verdict", "")) for e in examples],
         [str(e.get("record_id", "")) for e in examples],
     )
+
+
+def batch_sizes(batch: Batch) -> np.ndarray:
+    """[T, patches, windows, frames, frame_len] of a batch (0 where it has no vision input)."""
+    x = batch.inputs
+    if x.pixel_values is None:
+        return np.array([x.input_ids.shape[1], 0, 0, 0, 0], np.int64)
+    return np.array(
+        [
+            x.input_ids.shape[1],
+            x.pixel_values.shape[1],
+            x.window_index.shape[1],
+            x.frame_index.shape[1],
+            x.frame_index.shape[2],
+        ],
+        np.int64,
+    )
+
+
+def pad_batch(batch: Batch, sizes: np.ndarray, config: Qwen25VLConfig, pad_id: int = 0) -> Batch:
+    """The batch padded to ``sizes`` (from batch_sizes; each >= the batch's own), e.g. so that
+    every process of a multi-host run feeds arrays of the same global shape."""
+    t, n, sw, sf, lf = (int(s) for s in sizes)
+    x = batch.inputs
+    b, t0 = x.input_ids.shape
+
+    def grow(a: np.ndarray, shape: tuple[int, ...], fill) -> np.ndarray:
+        out = np.full(shape, fill, a.dtype)
+        out[tuple(slice(0, s) for s in a.shape)] = a
+        return out
+
+    inputs = ModelInputs(
+        grow(x.input_ids, (b, t), pad_id),
+        grow(x.attention_mask, (b, t), 0),
+        grow(x.position_ids, (3, b, t), 0),
+        grow(x.vision_token_index, (b, t), -1),
+    )
+    if n:
+        v = config.vision
+        w_len = v.window_merged**2 * v.merge_unit
+        if x.pixel_values is None:
+            pv = np.zeros((b, 0, v.patch_dim), np.float32)
+            rot = np.zeros((b, 0, 2), np.int32)
+            win = np.zeros((b, 0, w_len), np.int32)
+            frm = np.zeros((b, 0, 1), np.int32)
+            n0 = 0
+        else:
+            pv, rot, n0 = x.pixel_values, x.rot_pos, x.pixel_values.shape[1]
+            # the padding sentinel is "one past the last patch": move it to the new end
+            win = np.where(x.window_index >= n0, n, x.window_index)
+            frm = np.where(x.frame_index >= n0, n, x.frame_index)
+        inputs.pixel_values = grow(pv, (b, n, v.patch_dim), 0)
+        inputs.rot_pos = grow(rot, (b, n, 2), 0)
+        inputs.window_index = grow(win.astype(np.int32), (b, sw, w_len), n)
+        inputs.frame_index = grow(frm.astype(np.int32), (b, sf, lf), n)
+    return dataclasses.replace(batch, inputs=inputs, loss_mask=grow(batch.loss_mask, (b, t), False))

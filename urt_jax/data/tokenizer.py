@@ -77,8 +77,11 @@ def synthetic_corpus(n_items: int = 1200, seed: int = 12345) -> list[str]:
     from urt_jax.data.synthetic import SyntheticConfig, make_item
     from urt_jax.data.templates import DEFAULT_TEMPLATES
 
-    with open(DEFAULT_TEMPLATES) as f:
-        texts = [t for modes in yaml.safe_load(f).values() for t in modes.values()]
+    texts = []
+    template_dir = os.path.dirname(DEFAULT_TEMPLATES)
+    for name in sorted(os.listdir(template_dir)):
+        with open(os.path.join(template_dir, name)) as f:
+            texts += [t for modes in yaml.safe_load(f).values() for t in modes.values()]
     cfg = SyntheticConfig(image_size=28, num_frames=2, pointwise_fraction=0.2)
     with tempfile.TemporaryDirectory() as media:
         for i in range(n_items):

@@ -23,7 +23,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from urt_jax.config import TrainSection
-from urt_jax.data.batching import Batch
+from urt_jax.data.batching import Batch, batch_sizes, pad_batch
 from urt_jax.model.inputs import ModelInputs
 from urt_jax.model.qwen2_5_vl import Qwen25VL
 from urt_jax.sharding.mesh import BATCH_AXES
@@ -74,11 +74,23 @@ def shard_batch(mesh: Mesh, batch: Batch) -> tuple[ModelInputs, jax.Array]:
     return ModelInputs(**fields), put_global(mesh, batch.loss_mask, 0)
 
 
+def agree_across_processes(batch: Batch, config, pad_id: int = 0) -> Batch:
+    """Pads each process's local batch to the largest shapes of all processes (multi-host runs
+    must feed one global shape; buckets are chosen per process from its own examples)."""
+    if jax.process_count() == 1:
+        return batch
+    from jax.experimental import multihost_utils
+
+    sizes = np.asarray(multihost_utils.process_allgather(batch_sizes(batch))).max(axis=0)
+    return pad_batch(batch, sizes, config, pad_id)
+
+
 class SFTTrainer:
     def __init__(
         self, model: Qwen25VL, mesh: Mesh, cfg: TrainSection, total_steps: int, seed: int = 0
     ):
         self.mesh, self.cfg = mesh, cfg
+        self.config = model.config
         self.graphdef, params, self.frozen = nnx.split(
             model, trainable_filter(cfg.freeze_vision), ...
         )
@@ -108,7 +120,7 @@ class SFTTrainer:
         )
         self._apply = jax.jit(
             self._apply_fn,
-            donate_argnums=(0, 1),
+            donate_argnums=(0,),
             in_shardings=(self.state_shardings, self.param_shardings, replicated, replicated),
             out_shardings=(self.state_shardings, replicated),
         )
@@ -131,7 +143,7 @@ class SFTTrainer:
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads_sum)
         loss = loss_sum / denom
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
@@ -174,6 +186,7 @@ class SFTTrainer:
         acc = self.zero_accumulator()
         tokens = 0
         for batch in micro_batches:
+            batch = agree_across_processes(batch, self.config)
             inputs, loss_mask = shard_batch(self.mesh, batch)
             acc = self._accumulate(acc, self.state["params"], self.frozen, inputs, loss_mask)
             tokens += int(np.asarray(batch.inputs.attention_mask).sum())
