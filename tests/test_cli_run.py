@@ -15,14 +15,15 @@ from urt_jax.config import RunConfigError, load_run_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "configs", "demo.yaml")
-SMALL = ["data.synthetic.n_train=8", "data.synthetic.n_heldout=4"]
+SMALL = ["data.synthetic.n_train=8", "data.synthetic.n_heldout=4", "train.max_steps=2"]
 
 
 def test_demo_runs_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     assert cli_main(["run", DEMO, f"output_dir={out}", *SMALL]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["stages_done"] == ["init", "data", "forward", "export"]
+    assert report["stages_done"] == ["init", "data", "forward", "sft", "export"]
+    assert os.path.exists(report["sft"]["metrics"]) and report["sft"]["steps"] == 2
     assert report["data"]["train"]["records"] == 8
     assert set(report["data"]["train"]["tasks"]) == {
         "image_generation",
@@ -42,8 +43,8 @@ def test_demo_runs_and_resumes(tmp_path, capsys):
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir)
     assert model.config.image_token_id == 4012
     capsys.readouterr()
-    assert cli_main(["run", DEMO, f"output_dir={out}"]) == 0
-    assert capsys.readouterr().out.count("already done") == 4
+    assert cli_main(["run", DEMO, f"output_dir={out}", *SMALL]) == 0
+    assert capsys.readouterr().out.count("already done") == 5
 
 
 def test_config_typos_are_errors(tmp_path):

@@ -169,6 +169,35 @@ def _stage_forward(cfg: RunConfig, out: str, report: dict) -> None:
     )
 
 
+def _stage_sft(cfg: RunConfig, out: str, report: dict) -> None:
+    """The cold start: SFT of the initial model on the training data (teacher CoT replies)."""
+    from urt_jax.train.run_sft import run_sft
+
+    spec = os.path.join(out, "data", "train.jsonl") if cfg.data.train == "synthetic" else None
+    root = os.path.join(out, "data") if cfg.data.train == "synthetic" else None
+    result = run_sft(
+        cfg,
+        os.path.join(out, "sft"),
+        train_spec=spec,
+        hf_dir=os.path.join(out, "init_hf"),
+        data_root=root,
+    )
+    report["sft"] = {
+        "steps": result["steps"],
+        "final_loss": result["final"].get("loss"),
+        "metrics": os.path.join(out, "sft", "metrics.jsonl"),
+    }
+
+
+def _latest_model_dir(out: str) -> str:
+    """The newest trained model of the run (stages write {stage}/hf), else the initial one."""
+    for stage in ("sft",):
+        path = os.path.join(out, stage, "hf")
+        if os.path.isdir(path):
+            return path
+    return os.path.join(out, "init_hf")
+
+
 def _hf_extras(cfg: RunConfig) -> dict[str, str]:
     """Tokenizer and processor files, so the export loads with AutoTokenizer/AutoProcessor."""
     from urt_jax.data.processor import ProcessorConfig
@@ -187,7 +216,7 @@ def _hf_extras(cfg: RunConfig) -> dict[str, str]:
 
 
 def _stage_export(cfg: RunConfig, out: str, report: dict) -> None:
-    model = from_pretrained(os.path.join(out, "init_hf"))
+    model = from_pretrained(_latest_model_dir(out))
     inputs = _first_batch(cfg, out, model.config).inputs
     ref = _logits(model, inputs)
     hf_dir, orbax_dir = os.path.join(out, "hf"), os.path.join(out, "orbax")
@@ -211,6 +240,7 @@ def _stage_export(cfg: RunConfig, out: str, report: dict) -> None:
 STAGES: dict[str, Callable[[RunConfig, str, dict], None]] = {
     "init": _stage_init,
     "data": _stage_data,
+    "sft": _stage_sft,
     "forward": _stage_forward,
     "export": _stage_export,
 }

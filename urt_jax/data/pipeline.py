@@ -1,10 +1,11 @@
 """grain input pipelines: deterministic by seed, sharded by process, checkpointable.
 
 The source is a random-access sequence of records (a parsed data file, or a TFDS array_record
-dataset through ``tfds.data_source``). Each process takes the records ``i::n`` (disjoint, covering
-the data), shuffles them with the seed (a new permutation per epoch), converts them to examples
-and collates fixed-shape batches. The iterator's ``get_state()``/``set_state()`` are saved with
-the training checkpoint, so a resumed run continues with the exact next batch.
+dataset through ``tfds.data_source``). All processes walk one seeded global order (a new
+permutation per epoch) in global batches and each takes its own rows of every batch (disjoint,
+covering the data), converts them to examples and collates fixed-shape batches. The iterator's
+``get_state()``/``set_state()`` are saved with the training checkpoint, so a resumed run
+continues with the exact next batch.
 """
 
 from __future__ import annotations
@@ -68,21 +69,35 @@ def make_dataset(
     options: PipelineOptions,
     pad_id: int = 0,
 ) -> grain.IterDataset:
-    """An IterDataset of Batch objects; iterate it with ``iter(...)`` (checkpointable)."""
+    """An IterDataset of Batch objects; iterate it with ``iter(...)`` (checkpointable).
+
+    The order of records is global: one seeded permutation per epoch, the same on every process,
+    cut into global batches of ``batch_size * process_count``; process p takes rows
+    [p * batch_size, (p + 1) * batch_size) of each. So the global batches, and the losses, do not
+    depend on how many processes share the work.
+    """
     index = jax.process_index() if options.process_index is None else options.process_index
     count = jax.process_count() if options.process_count is None else options.process_count
     if not 0 <= index < count:
         raise ValueError(f"process_index {index} not in [0, {count})")
-    ds = grain.MapDataset.source(source)[index::count]
-    if len(ds) < options.batch_size and options.drop_remainder:
-        raise ValueError(
-            f"process {index} has {len(ds)} records, fewer than one batch of {options.batch_size}"
-        )
+    local, global_batch = options.batch_size, options.batch_size * count
+    if len(source) < global_batch and (options.drop_remainder or count > 1):
+        raise ValueError(f"{len(source)} records are fewer than one global batch of {global_batch}")
+    order = grain.MapDataset.range(len(source))
     if options.shuffle:
-        ds = ds.shuffle(seed=options.seed)  # grain draws a new permutation for every epoch
+        order = order.shuffle(seed=options.seed)  # grain draws a new permutation every epoch
     if options.num_epochs != 1:
-        ds = ds.repeat(options.num_epochs)
-    ds = ds.map(to_example)
+        order = order.repeat(options.num_epochs)
+    if count == 1 and not options.drop_remainder:
+        n_local = len(order)
+    else:  # a trailing partial global batch is dropped
+        n_local = len(order) // global_batch * local
+
+    def record(j: int):
+        k, r = divmod(j, local)
+        return source[order[k * global_batch + index * local + r]]
+
+    ds = grain.MapDataset.range(n_local).map(record).map(to_example)
 
     def batch_fn(examples: Sequence[dict]) -> Batch:
         return collate(examples, config, options.buckets, pad_id, options.padding_side)

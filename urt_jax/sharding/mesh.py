@@ -30,6 +30,9 @@ def initialize_distributed(cfg: MeshConfig) -> None:
     """jax.distributed.initialize() when configured (TPU pods detect everything themselves)."""
     if not cfg.distributed:
         return
+    # CPU processes need a collectives library to talk to each other (TPU/GPU ignore this).
+    if jax.config.jax_cpu_collectives_implementation in (None, "none", ""):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     kwargs = {
         k: v
         for k, v in (

@@ -35,6 +35,26 @@ def load_model(cfg: RunConfig, mesh, hf_dir: str | None = None):
     )
 
 
+def synthetic_train_file(cfg: RunConfig, out_dir: str) -> str:
+    from urt_jax.data.synthetic import SyntheticConfig, write_synthetic
+
+    path = os.path.join(out_dir, "data", "train.jsonl")
+    if not os.path.exists(path):
+        s = cfg.data.synthetic
+        write_synthetic(
+            os.path.join(out_dir, "data"),
+            s.n_train,
+            s.n_heldout,
+            cfg.seed,
+            SyntheticConfig(
+                image_size=s.image_size,
+                num_frames=s.num_frames,
+                pointwise_fraction=s.pointwise_fraction,
+            ),
+        )
+    return path
+
+
 def run_sft(
     cfg: RunConfig,
     out_dir: str,
