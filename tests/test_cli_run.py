@@ -55,3 +55,17 @@ def test_config_typos_are_errors(tmp_path):
     with pytest.raises(RunConfigError, match=r"seed: expected int"):
         load_run_config(DEMO, ["seed=abc"])
     assert cli_main(["run", DEMO, f"output_dir={tmp_path}", "stages=[train]"]) == 2
+
+
+@pytest.mark.parametrize(
+    "name",
+    sorted(
+        os.path.relpath(os.path.join(d, f), os.path.join(ROOT, "configs"))
+        for d, _, files in os.walk(os.path.join(ROOT, "configs"))
+        for f in files
+        if f.endswith(".yaml") and os.path.basename(d) in ("configs", "pod")
+    ),
+)
+def test_every_shipped_run_config_loads(name):
+    cfg = load_run_config(os.path.join(ROOT, "configs", name))
+    assert cfg.train.max_steps > 0 and cfg.data.batch_size > 0
