@@ -164,3 +164,32 @@ def test_non_finite_step_is_skipped_or_stops(setup):
     )
     with pytest.raises(NonFiniteLossError, match=r"step 1: non-finite loss.*not applied"):
         stopping.step([_poisoned(batches[0])])
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_vision_tower_frozen_or_trained(setup, freeze):
+    config, batches = setup
+    mesh = make_mesh(MeshConfig(1, 1, 1))
+    model = init_model(config, seed=0, mesh=mesh)
+    before = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
+    trainer = SFTTrainer(model, mesh, dataclasses.replace(TRAIN, freeze_vision=freeze), 3)
+    trainer.step([batches[0]])
+    after = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(trainer.model()))}
+    for path, value in after.items():
+        changed = not np.array_equal(value, before[path])
+        if path[0] == "visual":
+            assert changed != freeze, path
+        elif path[-1] == "kernel":
+            assert changed, path
+
+
+def test_bf16_compute_with_fp32_master_weights(setup):
+    config, batches = setup
+    mesh = make_mesh(MeshConfig(2, 1, 1))
+    model = init_model(config, dtype="mixed_bfloat16", seed=0, mesh=mesh)
+    trainer = SFTTrainer(model, mesh, TRAIN, 3)
+    fp32_loss = _train(config, batches[:1], (2, 1, 1), steps=1)[1][0]
+    metrics = trainer.step([batches[0]])
+    assert np.isfinite(metrics["loss"]) and abs(metrics["loss"] - fp32_loss) < 0.05
+    leaves = jax.tree.leaves(trainer.state["params"])
+    assert {str(x.dtype) for x in leaves} == {"float32"}

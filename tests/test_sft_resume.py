@@ -86,6 +86,17 @@ def uninterrupted(config_path, tmp_path_factory):
     return out
 
 
+def test_metrics_and_tensorboard_are_written(uninterrupted):
+    with open(os.path.join(uninterrupted, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    for row in rows:
+        assert {"loss", "learning_rate", "grad_norm", "tokens_per_second", "eta_s"} <= set(row)
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    events = os.listdir(os.path.join(uninterrupted, "tensorboard"))
+    assert any(name.startswith("events.out.tfevents") for name in events)
+
+
 def test_killed_run_resumes_exactly(config_path, uninterrupted, tmp_path):
     out = str(tmp_path / "b")
     proc = subprocess.Popen(
