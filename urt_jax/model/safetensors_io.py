@@ -1,22 +1,40 @@
 """Reading and writing Hugging Face safetensors checkpoints as numpy arrays (bf16 included).
 
-Written from the format spec: an 8-byte little-endian header length, a JSON header
-``{name: {"dtype", "shape", "data_offsets"}, "__metadata__": {...}}``, then the raw row-major
-little-endian data. Reading memory-maps the files, so a tensor is only paged in when used and a
-sharded 7B checkpoint can be placed onto a mesh tensor by tensor.
+Written from the format description: an 8-byte little-endian u64 header length ``N``, ``N`` bytes
+of UTF-8 JSON ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``
+(offsets relative to the first byte after the header), then the raw row-major little-endian data.
+
+Reading memory-maps each file, so a tensor is only paged in when it is used and a sharded 7B
+checkpoint can be placed onto a device mesh tensor by tensor. Writing converts one tensor at a
+time (jax arrays included), so at most one tensor is copied to host memory at once.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import math
 import mmap
 import os
+import re
+import secrets
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import ml_dtypes
 import numpy as np
+
+__all__ = [
+    "INDEX_FILE",
+    "SINGLE_FILE",
+    "SafetensorsCheckpoint",
+    "SafetensorsError",
+    "TensorNotFoundError",
+    "dtype_to_str",
+    "save_safetensors",
+    "str_to_dtype",
+]
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -26,284 +44,503 @@ _DTYPES: dict[str, np.dtype] = {
     "F32": np.dtype("<f4"),
     "F16": np.dtype("<f2"),
     "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
     "I64": np.dtype("<i8"),
     "I32": np.dtype("<i4"),
     "I16": np.dtype("<i2"),
     "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"),
+    "U32": np.dtype("<u4"),
+    "U16": np.dtype("<u2"),
     "U8": np.dtype("u1"),
     "BOOL": np.dtype("bool"),
 }
-_NAMES = {v: k for k, v in _DTYPES.items()}
+_NAMES: dict[np.dtype, str] = {v: k for k, v in _DTYPES.items()}
+_HEADER_ALIGN = 8
 
 
 class SafetensorsError(ValueError):
-    """A safetensors file or index that cannot be read as written."""
+    """A safetensors file, shard index or tensor that cannot be read or written as asked."""
 
 
+class TensorNotFoundError(SafetensorsError, KeyError):
+    """A tensor name that the checkpoint does not hold (also a KeyError)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+# ----------------------------------------------------------------------------------- dtypes
 def str_to_dtype(name: str) -> np.dtype:
-    if name not in _DTYPES:
-        raise SafetensorsError(f"unknown safetensors dtype {name!r}; known: {sorted(_DTYPES)}")
-    return _DTYPES[name]
+    """The numpy dtype of a safetensors dtype string ("F32", "BF16", ...)."""
+    try:
+        return _DTYPES[name]
+    except (KeyError, TypeError):
+        raise SafetensorsError(
+            f"unknown safetensors dtype {name!r}; expected one of {sorted(_DTYPES)}"
+        ) from None
 
 
-def dtype_to_str(dtype: np.dtype) -> str:
-    dtype = np.dtype(dtype)
-    key = dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype
-    if key not in _NAMES:
-        raise SafetensorsError(f"dtype {dtype} cannot be stored in safetensors")
-    return _NAMES[key]
+def dtype_to_str(dtype: np.dtype | type | str) -> str:
+    """The safetensors dtype string of a numpy dtype (any byte order)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise SafetensorsError(f"{dtype!r} is not a numpy dtype") from None
+    if dt.byteorder == ">":
+        dt = dt.newbyteorder("<")
+    name = _NAMES.get(dt)
+    if name is None:
+        raise SafetensorsError(
+            f"dtype {dt} cannot be stored in safetensors; supported: "
+            f"{sorted(str(d) for d in _NAMES)}"
+        )
+    return name
 
 
-class _File:
+# ---------------------------------------------------------------------------------- reading
+class _Entry:
+    __slots__ = ("dtype", "shape", "begin", "end")
+
+    def __init__(self, dtype: np.dtype, shape: tuple[int, ...], begin: int, end: int):
+        self.dtype, self.shape, self.begin, self.end = dtype, shape, begin, end
+
+
+def _is_count(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+class _Shard:
     """One memory-mapped safetensors file."""
 
     def __init__(self, path: str):
         self.path = path
-        if not os.path.isfile(path):
-            raise SafetensorsError(f"{path}: file not found")
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(8)
+        try:
+            fh = open(path, "rb")
+        except FileNotFoundError:
+            raise SafetensorsError(f"{path}: file not found") from None
+        except OSError as e:
+            raise SafetensorsError(f"{path}: cannot open ({e.strerror or e})") from None
+        with fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(8)
             if len(head) < 8:
-                raise SafetensorsError(f"{path}: truncated file ({size} bytes, no header length)")
-            (n,) = struct.unpack("<Q", head)
-            if 8 + n > size:
                 raise SafetensorsError(
-                    f"{path}: header length {n} runs past the end of the "
-                    f"file ({size} bytes); the file is truncated"
+                    f"{path}: truncated file: {size} bytes, expected at least 8 (the header length)"
                 )
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                raise SafetensorsError(
+                    f"{path}: truncated file or not safetensors: header length {n} runs past "
+                    f"the end of the file ({size} bytes, so at most {size - 8} header bytes)"
+                )
+            raw = fh.read(n)
             try:
-                header = json.loads(f.read(n).decode("utf-8"))
+                header = json.loads(raw.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise SafetensorsError(f"{path}: header is not valid JSON ({e})") from None
-        if not isinstance(header, dict):
-            raise SafetensorsError(f"{path}: header is not a JSON object")
-        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
-        self.data_start = 8 + n
-        data_len = size - self.data_start
-        self.entries: dict[str, tuple[np.dtype, tuple[int, ...], int, int]] = {}
-        for name, info in header.items():
+            if not isinstance(header, dict):
+                raise SafetensorsError(
+                    f"{path}: header is a JSON {type(header).__name__}, expected an object"
+                )
+            self.data_start = 8 + n
+            self.metadata = self._parse_metadata(header.pop("__metadata__", None))
+            data_len = size - self.data_start
+            self.entries: dict[str, _Entry] = {
+                name: self._parse_entry(name, info, data_len) for name, info in header.items()
+            }
+            self._mmap: mmap.mmap | None = None
+            self._closed = False
             try:
-                dtype = str_to_dtype(info["dtype"])
-                shape = tuple(int(s) for s in info["shape"])
-                begin, end = (int(o) for o in info["data_offsets"])
-            except SafetensorsError as e:
-                raise SafetensorsError(f"{path}: tensor {name!r}: {e}") from None
-            except (KeyError, TypeError, ValueError):
-                raise SafetensorsError(
-                    f"{path}: tensor {name!r}: malformed header entry {info!r}"
-                ) from None
-            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            if end - begin != nbytes:
-                raise SafetensorsError(
-                    f"{path}: tensor {name!r}: data_offsets {[begin, end]} "
-                    f"span {end - begin} bytes, expected {nbytes} for shape "
-                    f"{shape} and dtype {info['dtype']}"
-                )
-            if begin < 0 or end > data_len:
-                raise SafetensorsError(
-                    f"{path}: tensor {name!r}: data_offsets {[begin, end]} "
-                    f"outside the data area of {data_len} bytes"
-                )
-            self.entries[name] = (dtype, shape, begin, end)
-        self._fh = open(path, "rb")
-        self._mmap = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ) if size > 0 else None
+                self._mmap = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):  # a file system without mmap: read on demand instead
+                self._mmap = None
+
+    def _parse_metadata(self, meta: Any) -> dict[str, str]:
+        if meta is None:
+            return {}
+        if not isinstance(meta, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
+        ):
+            raise SafetensorsError(
+                f"{self.path}: __metadata__ must map strings to strings, found {meta!r}"
+            )
+        return meta
+
+    def _parse_entry(self, name: str, info: Any, data_len: int) -> _Entry:
+        where = f"{self.path}: tensor {name!r}"
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+            raise SafetensorsError(
+                f"{where}: header entry {info!r} is not an object with dtype, shape and "
+                "data_offsets"
+            )
+        try:
+            dtype = str_to_dtype(info["dtype"])
+        except SafetensorsError as e:
+            raise SafetensorsError(f"{where}: {e}") from None
+        shape, offsets = info["shape"], info["data_offsets"]
+        if not isinstance(shape, list) or not all(_is_count(s) for s in shape):
+            raise SafetensorsError(
+                f"{where}: shape {shape!r} is not a list of non-negative integers"
+            )
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(_is_count(o) for o in offsets)
+            or offsets[0] > offsets[1]
+        ):
+            raise SafetensorsError(
+                f"{where}: data_offsets {offsets!r} is not a pair [begin, end] of integers "
+                "with 0 <= begin <= end"
+            )
+        begin, end = offsets
+        nbytes = math.prod(shape) * dtype.itemsize
+        if end - begin != nbytes:
+            raise SafetensorsError(
+                f"{where}: data_offsets [{begin}, {end}] span {end - begin} bytes, expected "
+                f"{nbytes} (shape {tuple(shape)} x {dtype.itemsize} bytes of {info['dtype']})"
+            )
+        if end > data_len:
+            raise SafetensorsError(
+                f"{where}: data_offsets [{begin}, {end}] lie outside the data area of "
+                f"{data_len} bytes; the file is truncated or corrupt"
+            )
+        return _Entry(dtype, tuple(shape), begin, end)
 
     def get(self, name: str) -> np.ndarray:
-        dtype, shape, begin, end = self.entries[name]
-        if begin == end:
-            return np.zeros(shape, dtype)
-        buf = np.frombuffer(
-            self._mmap, dtype=np.uint8, count=end - begin, offset=self.data_start + begin
-        )
-        return buf.view(dtype).reshape(shape)
+        if self._closed:
+            raise SafetensorsError(f"{self.path}: checkpoint is closed (reading {name!r})")
+        e = self.entries[name]
+        count = math.prod(e.shape)
+        if count == 0:
+            out = np.empty(e.shape, e.dtype)
+        elif self._mmap is not None:
+            # Zero-copy and read-only; the array keeps the mapping alive on its own.
+            out = np.frombuffer(
+                self._mmap, dtype=e.dtype, count=count, offset=self.data_start + e.begin
+            )
+        else:
+            out = np.empty(count, e.dtype)
+            with open(self.path, "rb") as fh:
+                fh.seek(self.data_start + e.begin)
+                if fh.readinto(out.view(np.uint8)) != e.end - e.begin:
+                    raise SafetensorsError(f"{self.path}: tensor {name!r}: file was truncated")
+        out = out.reshape(e.shape)
+        out.flags.writeable = False
+        return out
 
     def close(self) -> None:
-        # Arrays handed out keep the mmap alive through their buffer; closing the file handle is
-        # safe, and the mapping is released when the last array is gone.
-        self._fh.close()
+        self._closed = True
+        if self._mmap is not None:
+            try:
+                self._mmap.close()
+            except BufferError:
+                pass  # arrays handed out still use it; it is unmapped with the last of them
+            self._mmap = None
 
 
 class SafetensorsCheckpoint:
-    """All tensors of a checkpoint directory (single file, sharded with an index, or a set)."""
+    """The tensors of one safetensors file or of a checkpoint directory.
 
-    def __init__(self, files: list[_File], where: dict[str, _File]):
-        self._files = files
+    A directory is read through ``model.safetensors.index.json`` when present, else
+    ``model.safetensors``, else all its ``*.safetensors`` files together.
+    """
+
+    def __init__(self, source: str, shards: list[_Shard], where: dict[str, _Shard]):
+        self._source = source
+        self._shards = shards
         self._where = where
+        self._keys = sorted(where)
 
+    # -------------------------------------------------------------------- opening
     @classmethod
-    def open(cls, path: str | os.PathLike) -> SafetensorsCheckpoint:
+    def open(cls, path: str | os.PathLike[str]) -> SafetensorsCheckpoint:
+        """Opens a ``.safetensors`` file or a checkpoint directory (see the class docstring)."""
         path = os.fspath(path)
-        if os.path.isfile(path):
-            f = _File(path)
-            return cls([f], dict.fromkeys(f.entries, f))
-        if not os.path.isdir(path):
-            raise SafetensorsError(f"{path}: no such file or directory")
-        index = os.path.join(path, INDEX_FILE)
-        if os.path.isfile(index):
-            return cls._open_index(path, index)
-        single = os.path.join(path, SINGLE_FILE)
-        names = (
-            [single]
-            if os.path.isfile(single)
-            else sorted(
-                os.path.join(path, n) for n in os.listdir(path) if n.endswith(".safetensors")
-            )
-        )
-        if not names:
-            raise SafetensorsError(f"{path}: no *.safetensors files (and no {INDEX_FILE})")
-        files = [_File(n) for n in names]
-        where: dict[str, _File] = {}
-        for f in files:
-            for name in f.entries:
-                if name in where:
+        if os.path.isdir(path):
+            index = os.path.join(path, INDEX_FILE)
+            if os.path.isfile(index):
+                return cls._open_index(path, index)
+            single = os.path.join(path, SINGLE_FILE)
+            if os.path.isfile(single):
+                paths = [single]
+            else:
+                paths = sorted(
+                    os.path.join(path, n)
+                    for n in os.listdir(path)
+                    if n.endswith(".safetensors") and os.path.isfile(os.path.join(path, n))
+                )
+                if not paths:
                     raise SafetensorsError(
-                        f"tensor {name!r} is in both {where[name].path} and {f.path}"
+                        f"{path}: no {INDEX_FILE}, {SINGLE_FILE} or other *.safetensors file"
                     )
-                where[name] = f
-        return cls(files, where)
+        elif os.path.exists(path):
+            paths = [path]
+        else:
+            raise SafetensorsError(f"{path}: file not found")
+
+        shards: list[_Shard] = []
+        try:
+            where: dict[str, _Shard] = {}
+            for p in paths:
+                shard = _Shard(p)
+                shards.append(shard)
+                for name in shard.entries:
+                    if name in where:
+                        raise SafetensorsError(
+                            f"tensor {name!r} is stored twice: in {where[name].path} and in "
+                            f"{shard.path}"
+                        )
+                    where[name] = shard
+        except BaseException:
+            for s in shards:
+                s.close()
+            raise
+        return cls(path, shards, where)
 
     @classmethod
     def _open_index(cls, root: str, index: str) -> SafetensorsCheckpoint:
         try:
-            with open(index) as fh:
-                weight_map = json.load(fh)["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise SafetensorsError(f"{index}: not a valid index ({e!r})") from None
-        files: dict[str, _File] = {}
-        where: dict[str, _File] = {}
-        for name, shard in weight_map.items():
-            if shard not in files:
-                shard_path = os.path.join(root, shard)
+            with open(index, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise SafetensorsError(f"{index}: not valid JSON ({e})") from None
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+        ):
+            raise SafetensorsError(
+                f'{index}: expected an object with a "weight_map" of tensor name -> shard file'
+            )
+        opened: dict[str, _Shard] = {}
+        try:
+            for shard_name in sorted(set(weight_map.values())):
+                shard_path = os.path.join(root, shard_name)
                 if not os.path.isfile(shard_path):
+                    example = next(k for k, v in weight_map.items() if v == shard_name)
                     raise SafetensorsError(
-                        f"{index}: shard {shard!r} (holding {name!r}) is "
-                        f"missing: {shard_path} not found"
+                        f"{index}: shard {shard_name!r} (holding e.g. {example!r}) is missing: "
+                        f"{shard_path} not found"
                     )
-                files[shard] = _File(shard_path)
-            if name not in files[shard].entries:
-                raise SafetensorsError(
-                    f"{index}: tensor {name!r} is mapped to {shard!r}, which does not contain it"
-                )
-            where[name] = files[shard]
-        return cls(list(files.values()), where)
+                opened[shard_name] = _Shard(shard_path)
+            where: dict[str, _Shard] = {}
+            for name, shard_name in weight_map.items():
+                shard = opened[shard_name]
+                if name not in shard.entries:
+                    raise SafetensorsError(
+                        f"{shard.path}: tensor {name!r} is not in this file, but {index} maps "
+                        f"it here (the file holds {len(shard.entries)} tensors)"
+                    )
+                where[name] = shard
+        except BaseException:
+            for s in opened.values():
+                s.close()
+            raise
+        return cls(root, list(opened.values()), where)
 
-    # -------------------------------------------------------------- queries
+    # -------------------------------------------------------------------- queries
     @property
     def files(self) -> list[str]:
-        return [f.path for f in self._files]
+        """Paths of the safetensors files read."""
+        return [s.path for s in self._shards]
 
     @property
     def metadata(self) -> dict[str, str]:
-        return dict(self._files[0].metadata) if self._files else {}
+        """The ``__metadata__`` of the first file (``{}`` when it has none)."""
+        return dict(self._shards[0].metadata) if self._shards else {}
 
     def keys(self) -> list[str]:
-        return sorted(self._where)
+        """All tensor names, sorted."""
+        return list(self._keys)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
     def __contains__(self, name: object) -> bool:
         return name in self._where
 
-    def _entry(self, name: str):
-        if name not in self._where:
-            close = difflib.get_close_matches(name, list(self._where), n=3)
-            hint = f"; close names: {close}" if close else ""
-            raise KeyError(f"tensor {name!r} not found in {self.files}{hint}")
-        f = self._where[name]
-        return f, f.entries[name]
+    def _shard(self, name: str) -> _Shard:
+        shard = self._where.get(name)
+        if shard is None:
+            close = difflib.get_close_matches(str(name), self._keys, n=5, cutoff=0.5)
+            hint = f"close names: {close}" if close else f"first names: {self._keys[:5]}"
+            raise TensorNotFoundError(
+                f"{self._source}: tensor {name!r} not found among {len(self._keys)} tensors; {hint}"
+            )
+        return shard
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return self._entry(name)[1][1]
+        """The tensor's shape, without reading it."""
+        return self._shard(name).entries[name].shape
 
     def dtype(self, name: str) -> np.dtype:
-        return self._entry(name)[1][0]
+        """The tensor's numpy dtype (bf16 is ``ml_dtypes.bfloat16``), without reading it."""
+        return self._shard(name).entries[name].dtype
 
     def get(self, name: str) -> np.ndarray:
-        """A read-only, memory-mapped view of the tensor."""
-        f, _ = self._entry(name)
-        return f.get(name)
+        """A read-only array viewing the memory-mapped file (no copy); stays valid after close."""
+        return self._shard(name).get(name)
 
     def close(self) -> None:
-        for f in self._files:
-            f.close()
+        """Releases the files; arrays already returned stay valid."""
+        for s in self._shards:
+            s.close()
 
     def __enter__(self) -> SafetensorsCheckpoint:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __repr__(self) -> str:
+        return f"SafetensorsCheckpoint({self._source!r}, {len(self._keys)} tensors)"
 
 
 # ---------------------------------------------------------------------------------- writing
-def _header(
-    tensors: Mapping[str, np.ndarray], names: list[str], metadata: Mapping[str, str]
-) -> tuple[bytes, list[np.ndarray]]:
-    header: dict[str, object] = {"__metadata__": dict(metadata)}
-    arrays, offset = [], 0
-    for name in names:
-        a = np.asarray(tensors[name])
-        if not a.flags.c_contiguous:  # (np.ascontiguousarray would turn a 0-d array 1-d)
-            a = np.ascontiguousarray(a)
-        if a.dtype.byteorder == ">":
-            a = a.astype(a.dtype.newbyteorder("<"))
-        nbytes = a.nbytes
-        header[name] = {
-            "dtype": dtype_to_str(a.dtype),
-            "shape": list(a.shape),
-            "data_offsets": [offset, offset + nbytes],
+class _Spec:
+    __slots__ = ("name", "value", "dtype", "shape", "nbytes")
+
+    def __init__(self, name: str, value: Any):
+        if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+            value = np.asarray(value)
+        try:
+            dtype = np.dtype(value.dtype)
+        except TypeError:
+            raise SafetensorsError(
+                f"tensor {name!r}: dtype {value.dtype} is not a numpy dtype"
+            ) from None
+        try:
+            dtype_to_str(dtype)
+        except SafetensorsError as e:
+            raise SafetensorsError(f"tensor {name!r}: {e}") from None
+        self.name, self.value = name, value
+        self.dtype = dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype
+        self.shape = tuple(int(s) for s in value.shape)
+        self.nbytes = math.prod(self.shape) * self.dtype.itemsize
+
+    def host_array(self) -> np.ndarray:
+        a = np.asarray(self.value)
+        if a.shape != self.shape:
+            raise SafetensorsError(
+                f"tensor {self.name!r}: converted to shape {a.shape}, expected {self.shape}"
+            )
+        if a.dtype != self.dtype:
+            a = a.astype(self.dtype)  # big-endian input -> little-endian
+        if not a.flags.c_contiguous:
+            a = a.copy(order="C")  # (np.ascontiguousarray would make a 0-d array 1-d)
+        return a
+
+
+def _header_bytes(specs: list[_Spec], metadata: Mapping[str, str]) -> bytes:
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for s in specs:
+        header[s.name] = {
+            "dtype": dtype_to_str(s.dtype),
+            "shape": list(s.shape),
+            "data_offsets": [offset, offset + s.nbytes],
         }
-        arrays.append(a)
-        offset += nbytes
+        offset += s.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-(8 + len(raw)) % 8)  # data starts 8-byte aligned
-    return raw, arrays
+    return raw + b" " * (-(8 + len(raw)) % _HEADER_ALIGN)  # data starts 8-byte aligned
 
 
-def _write_file(
-    path: str, tensors: Mapping[str, np.ndarray], names: list[str], metadata: Mapping[str, str]
-) -> None:
-    raw, arrays = _header(tensors, names, metadata)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for a in arrays:
-            f.write(a.reshape(-1).view(np.uint8).data if a.size else b"")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _write_atomic(path: str, write) -> None:
+    """Writes via a temp file in the same directory, fsyncs it, then renames it over ``path``."""
+    directory, base = os.path.split(path)
+    tmp = os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _write_shard(path: str, specs: list[_Spec], metadata: Mapping[str, str]) -> None:
+    header = _header_bytes(specs, metadata)
+
+    def write(fh) -> None:
+        fh.write(struct.pack("<Q", len(header)))
+        fh.write(header)
+        for s in specs:
+            if s.nbytes:
+                a = s.host_array()  # one tensor on the host at a time
+                fh.write(memoryview(a.reshape(-1).view(np.uint8)))
+                del a
+
+    _write_atomic(path, write)
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def save_safetensors(
-    tensors: Mapping[str, np.ndarray],
-    out_dir: str | os.PathLike,
+    tensors: Mapping[str, Any],
+    out_dir: str | os.PathLike[str],
     *,
     max_shard_bytes: int | None = None,
     metadata: Mapping[str, str] | None = None,
     filename_prefix: str = "model",
 ) -> list[str]:
-    """Writes ``model.safetensors`` or shards + ``model.safetensors.index.json``, atomically.
+    """Writes ``tensors`` (numpy, jax or anything ``np.asarray`` takes) to ``out_dir``.
 
-    Stale checkpoint files of an earlier save in out_dir are removed after the new ones exist.
-    Returns the names of the written weight files.
+    One ``{prefix}.safetensors`` when ``max_shard_bytes`` is None or everything fits one shard,
+    else ``{prefix}-00001-of-0000N.safetensors`` ... plus ``{prefix}.safetensors.index.json``
+    (``{"metadata": {"total_size": ...}, "weight_map": {name: file}}``) as transformers writes
+    them. Tensors go in sorted name order; a tensor larger than ``max_shard_bytes`` gets a shard
+    of its own. ``metadata`` defaults to ``{"format": "pt"}``. Every file is written atomically
+    (temp file, fsync, rename); weight and index files of an earlier save with this prefix that
+    are not part of this one are removed once the new files are in place.
+
+    Returns the names of the weight files written (not the index), in order.
     """
     out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    if max_shard_bytes is not None and (
+        not isinstance(max_shard_bytes, int) or max_shard_bytes <= 0
+    ):
+        raise SafetensorsError(f"max_shard_bytes must be a positive int, got {max_shard_bytes!r}")
     metadata = {"format": "pt"} if metadata is None else dict(metadata)
-    names = sorted(tensors)
-    sizes = {n: np.asarray(tensors[n]).nbytes for n in names}
-    total = sum(sizes.values())
-    shards: list[list[str]] = [[]]
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise SafetensorsError(f"metadata must map strings to strings, got {metadata!r}")
+    bad = [k for k in tensors if not isinstance(k, str)]
+    if bad:
+        raise SafetensorsError(f"tensor names must be strings, got {bad[:5]!r}")
+    specs = [_Spec(name, tensors[name]) for name in sorted(tensors)]
+
+    total = sum(s.nbytes for s in specs)
+    shards: list[list[_Spec]] = [[]]
     if max_shard_bytes is not None and total > max_shard_bytes:
         used = 0
-        for n in names:
-            if shards[-1] and used + sizes[n] > max_shard_bytes:
+        for s in specs:
+            if shards[-1] and used + s.nbytes > max_shard_bytes:
                 shards.append([])
                 used = 0
-            shards[-1].append(n)
-            used += sizes[n]
+            shards[-1].append(s)
+            used += s.nbytes
     else:
-        shards[0] = names
-    index_path = os.path.join(out_dir, f"{filename_prefix}.safetensors.index.json")
+        shards[0] = specs
     if len(shards) == 1:
         files = [f"{filename_prefix}.safetensors"]
     else:
@@ -311,23 +548,23 @@ def save_safetensors(
             f"{filename_prefix}-{i + 1:05d}-of-{len(shards):05d}.safetensors"
             for i in range(len(shards))
         ]
+    index_name = f"{filename_prefix}.safetensors.index.json"
+
+    os.makedirs(out_dir, exist_ok=True)
     for fname, shard in zip(files, shards, strict=True):
-        _write_file(os.path.join(out_dir, fname), tensors, shard, metadata)
+        _write_shard(os.path.join(out_dir, fname), shard, metadata)
+    written = set(files)
     if len(shards) > 1:
-        weight_map = {n: f for f, shard in zip(files, shards, strict=True) for n in shard}
-        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        tmp = f"{index_path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as fh:
-            json.dump(index, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, index_path)
-    # remove files of an earlier save that are not part of this one
-    keep = set(files) | ({os.path.basename(index_path)} if len(shards) > 1 else set())
+        weight_map = {s.name: f for f, shard in zip(files, shards, strict=True) for s in shard}
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        text = json.dumps(index, indent=2, sort_keys=True) + "\n"
+        _write_atomic(os.path.join(out_dir, index_name), lambda fh: fh.write(text.encode()))
+        written.add(index_name)
+    _fsync_dir(out_dir)
+
+    # Files an earlier save with this prefix could have written, that this one did not.
+    ours = re.compile(rf"{re.escape(filename_prefix)}(-\d{{5,}}-of-\d{{5,}})?\.safetensors")
     for name in os.listdir(out_dir):
-        stale = name.startswith(filename_prefix) and (
-            name.endswith(".safetensors") or name == os.path.basename(index_path)
-        )
-        if stale and name not in keep:
+        if name not in written and (ours.fullmatch(name) or name == index_name):
             os.remove(os.path.join(out_dir, name))
     return files

@@ -1,0 +1,144 @@
+"""The KV-cache sampler against transformers' generate, and its sampling behaviour."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import urt_jax
+from tests import hf_reference as ref
+from urt_jax.generate import sample
+from urt_jax.generate.sampler import _sample_jit
+from urt_jax.model.inputs import prepare_inputs
+
+N = 10
+EOS = ref.EOS_ID
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    hf = ref.make_model(ref.tiny_config(), seed=0)
+    path = tmp_path_factory.mktemp("gen")
+    ref.save_model(hf, path)
+    return hf, urt_jax.from_pretrained(path, dtype="float32")
+
+
+CASES = {
+    "text_only": ([[("text", 9)], [("text", 5)]], "left"),
+    "image": ([[("text", 3), ("image", (8, 12)), ("text", 4)]], "left"),
+    "video": ([[("text", 2), ("video", (3, 4, 6, 0.75)), ("text", 3)]], "left"),
+    "left_padded_batch": (
+        [
+            [("text", 3), ("image", (8, 12)), ("text", 2), ("video", (2, 4, 4, 0.5)), ("text", 3)],
+            [("text", 6), ("image", (4, 6)), ("text", 2)],
+        ],
+        "left",
+    ),
+}
+
+
+def _hf_greedy(hf, batch):
+    t = {k: torch.from_numpy(v) for k, v in batch.items()}
+    if "image_grid_thw" not in batch and "video_grid_thw" not in batch:
+        t.pop("mm_token_type_ids")  # text only: generate computes padded positions itself
+    with torch.no_grad():
+        out = hf.generate(
+            **t, max_new_tokens=N, min_new_tokens=N, do_sample=False, pad_token_id=ref.PAD_ID
+        )
+    return out[:, batch["input_ids"].shape[1] :].numpy()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_greedy_equals_transformers_generate(pair, case):
+    hf, ours = pair
+    rows, side = CASES[case]
+    batch = ref.build_batch(rows, padding_side=side, seed=3)
+    got = sample(ours, batch, max_new_tokens=N, temperature=0.0, eos_token_ids=[EOS])
+    np.testing.assert_array_equal(got.tokens, _hf_greedy(hf, batch))
+
+
+def test_right_padded_prompts_give_the_same_tokens(pair):
+    _, ours = pair
+    rows, _ = CASES["left_padded_batch"]
+    left = sample(
+        ours, ref.build_batch(rows, padding_side="left", seed=3), max_new_tokens=N, temperature=0.0
+    )
+    right = sample(
+        ours, ref.build_batch(rows, padding_side="right", seed=3), max_new_tokens=N, temperature=0.0
+    )
+    np.testing.assert_array_equal(left.tokens, right.tokens)
+
+
+def test_logprobs_equal_teacher_forcing(pair):
+    _, ours = pair
+    rows, _ = CASES["left_padded_batch"]
+    batch = ref.build_batch(rows, padding_side="left", seed=4)
+    out = sample(
+        ours, batch, num_samples=3, max_new_tokens=N, temperature=1.0, seed=5, eos_token_ids=[]
+    )
+    ids = np.repeat(batch["input_ids"], 3, axis=0)
+    mask = np.repeat(batch["attention_mask"], 3, axis=0)
+    full = np.concatenate([ids, out.tokens], axis=1)
+    full_mask = np.concatenate([mask, np.ones_like(out.tokens)], axis=1)
+    vision = {
+        k: batch[k]
+        for k in (
+            "pixel_values",
+            "image_grid_thw",
+            "pixel_values_videos",
+            "video_grid_thw",
+            "second_per_grid_ts",
+        )
+    }
+    # each prompt's media three times, in row order
+    img_rows = [batch["pixel_values"][:96], batch["pixel_values"][96:]]
+    vision["pixel_values"] = np.concatenate([img_rows[0]] * 3 + [img_rows[1]] * 3)
+    vision["image_grid_thw"] = np.repeat(batch["image_grid_thw"], 3, axis=0)
+    vision["pixel_values_videos"] = np.concatenate([batch["pixel_values_videos"]] * 3)
+    vision["video_grid_thw"] = np.repeat(batch["video_grid_thw"], 3, axis=0)
+    vision["second_per_grid_ts"] = np.repeat(batch["second_per_grid_ts"], 3)
+    inputs, _ = prepare_inputs(ours.config, full, full_mask, **vision)
+    logits = ours.forward(jax.tree.map(jnp.asarray, inputs))
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    t = ids.shape[1]
+    want = np.take_along_axis(np.asarray(logp[:, t - 1 : -1]), out.tokens[..., None], -1)[..., 0]
+    assert np.abs(out.logprobs - want).max() <= 1e-4
+
+
+def test_sampling_behaviour(pair):
+    _, ours = pair
+    batch = ref.build_batch(CASES["image"][0], seed=6)
+    greedy = sample(ours, batch, max_new_tokens=N, temperature=0.0)
+    top1 = sample(ours, batch, max_new_tokens=N, temperature=1.0, top_k=1, seed=9)
+    cold = sample(ours, batch, max_new_tokens=N, temperature=1e-4, seed=9)
+    np.testing.assert_array_equal(top1.tokens, greedy.tokens)
+    np.testing.assert_array_equal(cold.tokens, greedy.tokens)
+    a = sample(ours, batch, num_samples=8, max_new_tokens=N, seed=1)
+    b = sample(ours, batch, num_samples=8, max_new_tokens=N, seed=1)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    assert len({tuple(r) for r in a.tokens}) > 1  # the 8 samples of one prompt differ
+    nucleus = sample(ours, batch, num_samples=8, max_new_tokens=N, seed=1, top_p=0.5)
+    assert nucleus.tokens.shape == (8, N)
+
+
+def test_rows_stop_at_eos_and_are_padded(pair):
+    _, ours = pair
+    batch = ref.build_batch(CASES["left_padded_batch"][0], padding_side="left", seed=3)
+    greedy = sample(ours, batch, max_new_tokens=N, temperature=0.0)
+    stop = int(greedy.tokens[0, 3])  # pretend the 4th token of row 0 is an end token
+    out = sample(ours, batch, max_new_tokens=N, temperature=0.0, eos_token_ids=[stop], pad_id=0)
+    first = int(np.argmax(greedy.tokens[0] == stop))
+    assert out.lengths[0] == first + 1
+    np.testing.assert_array_equal(out.tokens[0, : first + 1], greedy.tokens[0, : first + 1])
+    assert (out.tokens[0, first + 1 :] == 0).all() and (out.logprobs[0, first + 1 :] == 0).all()
+
+
+def test_same_bucket_does_not_compile_again(pair):
+    _, ours = pair
+    batch = ref.build_batch(CASES["image"][0], seed=7)
+    sample(ours, batch, num_samples=2, max_new_tokens=N, seed=0)
+    compiled = _sample_jit._cache_size()
+    other = ref.build_batch([[("text", 5), ("image", (8, 12)), ("text", 1)]], seed=8)
+    sample(ours, other, num_samples=2, max_new_tokens=N, seed=3)  # same buckets, new content
+    assert _sample_jit._cache_size() == compiled

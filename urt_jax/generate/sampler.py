@@ -1,0 +1,267 @@
+"""KV-cache sampling with batched group sampling.
+
+Prompts (left- or right-padded) are moved to left padding on the host, so every row's prompt ends
+at the same position and decoding writes one static cache slot per step. The prompt is prefilled
+once (images and videos encoded once), its key/value cache is repeated G times (rows prompt-major:
+row i*G + j is sample j of prompt i), and a ``jax.lax.while_loop`` decodes over the static cache
+until every row has emitted an end token or the budget is spent. M-RoPE decode positions are
+"real tokens so far + rope delta" on all three axes, as in transformers.
+
+Returned log-probabilities are those of the chosen tokens under the model's unmodified
+distribution (temperature 1, no top-k/top-p): the quantity GRPO needs for its ratios and KL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from urt_jax.model.inputs import ModelInputs, prepare_inputs
+from urt_jax.model.qwen2_5_vl import Qwen25VL
+from urt_jax.model.rope import mrope_cos_sin
+
+PROMPT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+@dataclasses.dataclass
+class SampleOutput:
+    tokens: np.ndarray  # [B*G, max_new_tokens], pad_id after a row's end
+    logprobs: np.ndarray  # [B*G, max_new_tokens], 0 after a row's end
+    lengths: np.ndarray  # [B*G] generated tokens including the end token
+
+
+def _bucket(n: int, buckets: Sequence[int]) -> int:
+    for b in buckets:
+        if n <= b:
+            return b
+    return -(-n // buckets[-1]) * buckets[-1]
+
+
+def _to_left_padding(
+    ids: np.ndarray, mask: np.ndarray, length: int, pad_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    out_ids = np.full((ids.shape[0], length), pad_id, np.int64)
+    out_mask = np.zeros((ids.shape[0], length), np.int64)
+    for i in range(ids.shape[0]):
+        row = ids[i][mask[i].astype(bool)]
+        out_ids[i, length - len(row) :] = row
+        out_mask[i, length - len(row) :] = 1
+    return out_ids, out_mask
+
+
+def _filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
+    neg = jnp.finfo(logits.dtype).min
+    if top_k > 0:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, neg, logits)
+    if top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        cum = jnp.cumsum(probs, axis=-1)
+        # keep the smallest prefix whose mass reaches top_p (the first token always stays)
+        cutoff_index = jnp.sum(cum - probs < top_p, axis=-1, keepdims=True) - 1
+        cutoff = jnp.take_along_axis(sorted_logits, cutoff_index, axis=-1)
+        logits = jnp.where(logits < cutoff, neg, logits)
+    return logits
+
+
+def _choose(
+    logits: jax.Array, key: jax.Array, temperature: float, top_k: int, top_p: float
+) -> jax.Array:
+    if temperature == 0.0:
+        return jnp.argmax(logits, axis=-1)
+    filtered = _filter_logits(logits / temperature, top_k, top_p)
+    return jax.random.categorical(key, filtered, axis=-1)
+
+
+def _layer_stack(model: Qwen25VL):
+    return model.language_model.layers
+
+
+def _prefill(model: Qwen25VL, inputs: ModelInputs, cache_len: int):
+    """Hidden state of the last prompt position and the K/V cache [L][B, S, KV, D]."""
+    x = model.embed(inputs)
+    cos, sin = mrope_cos_sin(inputs.position_ids, model.config, x.dtype)
+    t = x.shape[1]
+    mask = jnp.tril(jnp.ones((t, t), bool))[None] & inputs.attention_mask.astype(bool)[:, None]
+    caches = []
+    for layer in _layer_stack(model):
+        h = layer.input_layernorm(x)
+        q, k, v = layer.self_attn.project_qkv(h, cos, sin)
+        x = x + layer.self_attn.attend(q, k, v, mask)
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+        pad = [(0, 0), (0, cache_len - t), (0, 0), (0, 0)]
+        caches.append((jnp.pad(k, pad), jnp.pad(v, pad)))
+    return model.language_model.norm(x[:, -1:]), caches
+
+
+def _decode_one(
+    model: Qwen25VL, token: jax.Array, position: jax.Array, caches, index, key_valid: jax.Array
+):
+    """One decoding step for tokens [R] at M-RoPE position [R]; writes cache slot ``index``."""
+    x = model.language_model.embed_tokens(token[:, None])
+    pos = jnp.broadcast_to(position[None, :, None], (3, token.shape[0], 1))
+    cos, sin = mrope_cos_sin(pos, model.config, x.dtype)
+    mask = key_valid[:, None, :]  # [R, 1, S]
+    new_caches = []
+    for layer, (ck, cv) in zip(_layer_stack(model), caches, strict=True):
+        h = layer.input_layernorm(x)
+        q, k, v = layer.self_attn.project_qkv(h, cos, sin)
+        ck = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), index, axis=1)
+        cv = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), index, axis=1)
+        x = x + layer.self_attn.attend(q, ck, cv, mask)
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+        new_caches.append((ck, cv))
+    return model.logits(model.language_model.norm(x))[:, 0], new_caches
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "graphdef",
+        "num_samples",
+        "max_new_tokens",
+        "temperature",
+        "top_k",
+        "top_p",
+        "eos_ids",
+        "pad_id",
+    ),
+)
+def _sample_jit(
+    graphdef,
+    state,
+    inputs: ModelInputs,
+    rope_deltas,
+    rng,
+    *,
+    num_samples: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    eos_ids: tuple[int, ...],
+    pad_id: int,
+):
+    model = nnx.merge(graphdef, state)
+    b, t = inputs.input_ids.shape
+    cache_len = t + max_new_tokens
+    hidden, caches = _prefill(model, inputs, cache_len)
+    first_logits = model.logits(hidden)[:, 0]  # [B, V]
+    rows = b * num_samples
+    rep = lambda a: jnp.repeat(a, num_samples, axis=0)  # noqa: E731  prompt-major
+    caches = [(rep(k), rep(v)) for k, v in caches]
+    logits = rep(first_logits)
+    prompt_valid = rep(inputs.attention_mask.astype(bool))
+    key_valid = jnp.concatenate([prompt_valid, jnp.zeros((rows, max_new_tokens), bool)], axis=1)
+    base_pos = rep(inputs.attention_mask.sum(axis=1) + rope_deltas)  # next position of a row
+    eos = jnp.asarray(eos_ids, jnp.int32)
+
+    def cond(carry):
+        step, done = carry[0], carry[4]
+        return (step < max_new_tokens) & ~jnp.all(done)
+
+    def body(carry):
+        step, tokens, logprobs, lengths, done, logits, caches, key_valid, rng = carry
+        rng, sub = jax.random.split(rng)
+        choice = _choose(logits, sub, temperature, top_k, top_p).astype(jnp.int32)
+        logp = jnp.take_along_axis(
+            jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), choice[:, None], axis=-1
+        )[:, 0]
+        choice = jnp.where(done, pad_id, choice)
+        tokens = tokens.at[:, step].set(choice)
+        logprobs = logprobs.at[:, step].set(jnp.where(done, 0.0, logp))
+        lengths = lengths + (~done).astype(jnp.int32)
+        done = done | jnp.isin(choice, eos)
+        key_valid = key_valid.at[:, t + step].set(True)
+        logits, caches = _decode_one(model, choice, base_pos + step, caches, t + step, key_valid)
+        return (step + 1, tokens, logprobs, lengths, done, logits, caches, key_valid, rng)
+
+    carry = (
+        jnp.int32(0),
+        jnp.full((rows, max_new_tokens), pad_id, jnp.int32),
+        jnp.zeros((rows, max_new_tokens), jnp.float32),
+        jnp.zeros((rows,), jnp.int32),
+        jnp.zeros((rows,), bool),
+        logits,
+        caches,
+        key_valid,
+        rng,
+    )
+    out = jax.lax.while_loop(cond, body, carry)
+    return out[1], out[2], out[3]
+
+
+def sample(
+    model: Qwen25VL,
+    batch: dict,
+    *,
+    num_samples: int = 1,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    eos_token_ids: Sequence[int] | None = None,
+    seed: int = 0,
+    pad_id: int | None = None,
+    prompt_buckets: Sequence[int] = PROMPT_BUCKETS,
+) -> SampleOutput:
+    """Samples ``num_samples`` completions per prompt. ``batch`` holds the HF processor's names
+    (input_ids, attention_mask, pixel_values, image_grid_thw, pixel_values_videos,
+    video_grid_thw, second_per_grid_ts). temperature 0 is greedy."""
+    cfg = model.config
+    ids = np.asarray(batch["input_ids"])
+    mask = np.asarray(batch.get("attention_mask", np.ones_like(ids)))
+    eos = tuple(
+        int(e)
+        for e in (eos_token_ids if eos_token_ids is not None else _as_list(cfg.text.eos_token_id))
+    )
+    if pad_id is None:
+        pad_id = (
+            cfg.text.pad_token_id if cfg.text.pad_token_id is not None else (eos[0] if eos else 0)
+        )
+    pad = int(pad_id)
+    length = _bucket(int(mask.sum(axis=1).max()), prompt_buckets)
+    ids, mask = _to_left_padding(ids, mask, length, pad)
+    keys = (
+        "pixel_values",
+        "image_grid_thw",
+        "pixel_values_videos",
+        "video_grid_thw",
+        "second_per_grid_ts",
+    )
+    inputs, deltas = prepare_inputs(
+        cfg,
+        ids,
+        mask,
+        **{k: batch[k] for k in keys if batch.get(k) is not None},
+        round_up=lambda kind, n: 1 << max(0, int(np.ceil(np.log2(max(n, 1))))),
+    )
+    graphdef, state = nnx.split(model)
+    tokens, logprobs, lengths = _sample_jit(
+        graphdef,
+        state,
+        jax.tree.map(jnp.asarray, inputs),
+        jnp.asarray(deltas, jnp.int32),
+        jax.random.key(seed),
+        num_samples=num_samples,
+        max_new_tokens=max_new_tokens,
+        temperature=float(temperature),
+        top_k=int(top_k),
+        top_p=float(top_p),
+        eos_ids=eos,
+        pad_id=pad,
+    )
+    return SampleOutput(np.asarray(tokens), np.asarray(logprobs), np.asarray(lengths))
+
+
+def _as_list(x) -> list[int]:
+    if x is None:
+        return []
+    return list(x) if isinstance(x, (list, tuple)) else [x]
