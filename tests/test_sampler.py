@@ -142,3 +142,17 @@ def test_same_bucket_does_not_compile_again(pair):
     other = ref.build_batch([[("text", 5), ("image", (8, 12)), ("text", 1)]], seed=8)
     sample(ours, other, num_samples=2, max_new_tokens=N, seed=3)  # same buckets, new content
     assert _sample_jit._cache_size() == compiled
+
+
+def test_sharded_model_samples_the_same(pair, tmp_path):
+    from jax.sharding import Mesh
+
+    hf, ours = pair
+    ref.save_model(hf, tmp_path)
+    mesh = Mesh(np.array(jax.devices()[:4]).reshape(2, 1, 2), ("data", "fsdp", "tensor"))
+    sharded = urt_jax.from_pretrained(tmp_path, dtype="float32", mesh=mesh)
+    batch = ref.build_batch(CASES["left_padded_batch"][0], padding_side="left", seed=3)
+    want = sample(ours, batch, num_samples=2, max_new_tokens=N, temperature=0.0)
+    got = sample(sharded, batch, num_samples=2, max_new_tokens=N, temperature=0.0)
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-4)

@@ -261,6 +261,40 @@ def sample(
     return SampleOutput(np.asarray(tokens), np.asarray(logprobs), np.asarray(lengths))
 
 
+def _model_mesh(state):
+    for leaf in jax.tree.leaves(state):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh.size > 1:
+            return sharding.mesh
+    return None
+
+
+def _place_on_mesh(mesh, inputs: ModelInputs, deltas: np.ndarray):
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from urt_jax.sharding.mesh import BATCH_AXES
+
+    ways = int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.shape]))
+    rows = inputs.input_ids.shape[0]
+
+    def put(array, batch_axis):
+        spec = [None] * array.ndim
+        if rows % ways == 0:
+            spec[batch_axis] = BATCH_AXES
+        return jax.device_put(array, NamedSharding(mesh, PartitionSpec(*spec)))
+
+    axes = {"position_ids": 1}
+    placed = ModelInputs(
+        **{
+            f.name: None
+            if getattr(inputs, f.name) is None
+            else put(np.asarray(getattr(inputs, f.name)), axes.get(f.name, 0))
+            for f in dataclasses.fields(ModelInputs)
+        }
+    )
+    return placed, put(deltas, 0)
+
+
 def _as_list(x) -> list[int]:
     if x is None:
         return []
