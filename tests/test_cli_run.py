@@ -15,14 +15,23 @@ from urt_jax.config import RunConfigError, load_run_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "configs", "demo.yaml")
-SMALL = ["data.synthetic.n_train=8", "data.synthetic.n_heldout=4", "train.max_steps=2"]
+SMALL = [
+    "data.synthetic.n_train=8",
+    "data.synthetic.n_heldout=4",
+    "train.max_steps=2",
+    "eval.max_new_tokens=4",
+    "eval.max_items=2",
+]
 
 
 def test_demo_runs_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     assert cli_main(["run", DEMO, f"output_dir={out}", *SMALL]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["stages_done"] == ["init", "data", "forward", "sft", "export"]
+    assert report["stages_done"] == ["init", "data", "forward", "eval", "sft", "eval.2", "export"]
+    assert [s["name"] for s in report["stages"]] == ["eval:init_hf", "eval:sft"]
+    assert 0 <= report["final"]["accuracy"] <= 1
+    assert (out / "eval" / "eval.md").exists()
     assert os.path.exists(report["sft"]["metrics"]) and report["sft"]["steps"] == 2
     assert report["data"]["train"]["records"] == 8
     assert set(report["data"]["train"]["tasks"]) == {
@@ -44,7 +53,7 @@ def test_demo_runs_and_resumes(tmp_path, capsys):
     assert model.config.image_token_id == 4012
     capsys.readouterr()
     assert cli_main(["run", DEMO, f"output_dir={out}", *SMALL]) == 0
-    assert capsys.readouterr().out.count("already done") == 5
+    assert capsys.readouterr().out.count("already done") == 7
 
 
 def test_config_typos_are_errors(tmp_path):

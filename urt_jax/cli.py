@@ -60,6 +60,25 @@ def _sft(args: argparse.Namespace) -> None:
     )
 
 
+def _eval(args: argparse.Namespace) -> None:
+    import os
+
+    from urt_jax.config import load_run_config
+    from urt_jax.data.sources import open_records
+    from urt_jax.evaluate import markdown_table
+    from urt_jax.pipeline import evaluate_model
+
+    cfg = load_run_config(args.config, args.overrides)
+    model_dir = args.model or cfg.model.hf_dir
+    if not model_dir or cfg.data.heldout is None:
+        raise ValueError("eval needs a model (--model or model.hf_dir) and data.heldout")
+    records = open_records(
+        cfg.data.heldout, cfg.data.data_root, cfg.data.tfds_data_dir, cfg.data.skip_invalid
+    )
+    summary = evaluate_model(cfg, model_dir, records, os.path.join(cfg.output_dir, "eval"))
+    print(markdown_table(summary), end="")
+
+
 def _run(args: argparse.Namespace) -> None:
     from urt_jax.config import load_run_config
     from urt_jax.pipeline import run
@@ -80,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("config")
     sft.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=10")
     sft.set_defaults(func=_sft)
+
+    ev = sub.add_parser("eval", help="accuracy on a preference set, both candidate orders")
+    ev.add_argument("config")
+    ev.add_argument("overrides", nargs="*")
+    ev.add_argument("--model", default=None, help="HF model directory (default: model.hf_dir)")
+    ev.set_defaults(func=_eval)
 
     conv = sub.add_parser("convert", help="convert between Hugging Face and orbax model dirs")
     conv.add_argument("direction", choices=["hf-to-orbax", "orbax-to-hf"])

@@ -82,6 +82,15 @@ class TrainSection:
 
 
 @dataclasses.dataclass
+class EvalSection:
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    swap: bool = True  # judge pairwise items in both candidate orders
+    mode: str = "cot"  # "cot" | "direct"
+    max_items: int | None = None  # evaluate at most this many held-out items
+
+
+@dataclasses.dataclass
 class RunConfig:
     output_dir: str = "runs/demo"
     seed: int = 0
@@ -89,6 +98,7 @@ class RunConfig:
     data: DataSection = dataclasses.field(default_factory=DataSection)
     train: TrainSection = dataclasses.field(default_factory=TrainSection)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    eval: EvalSection = dataclasses.field(default_factory=EvalSection)
     stages: list[str] = dataclasses.field(
         default_factory=lambda: ["init", "data", "forward", "export"]
     )

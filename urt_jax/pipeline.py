@@ -189,6 +189,55 @@ def _stage_sft(cfg: RunConfig, out: str, report: dict) -> None:
     }
 
 
+def evaluate_model(cfg: RunConfig, model_dir: str, records, out_dir: str) -> dict:
+    """Greedy judgements of the held-out records in both candidate orders; writes eval.json,
+    eval.md and judgements.jsonl under out_dir and returns the summary."""
+    from urt_jax.evaluate import EvalOptions, judge, summarize, write_report
+
+    model = from_pretrained(model_dir, dtype=cfg.model.dtype)
+    builder = _builder(cfg, model.config, include_reply=False)
+    e = cfg.eval
+    if e.max_items is not None:
+        records = [records[i] for i in range(min(e.max_items, len(records)))]
+    options = EvalOptions(
+        max_new_tokens=e.max_new_tokens,
+        batch_size=e.batch_size,
+        swap=e.swap,
+        mode=e.mode,
+        seed=cfg.seed,
+    )
+    judgements = judge(model, builder.tokenizer, records, builder, options)
+    summary = summarize(judgements)
+    write_report(summary, judgements, out_dir)
+    return summary
+
+
+def _stage_eval(cfg: RunConfig, out: str, report: dict) -> None:
+    model_dir = _latest_model_dir(out)
+    summary = evaluate_model(
+        cfg, model_dir, _records(cfg, out, "heldout"), os.path.join(out, "eval")
+    )
+    report.setdefault("stages", []).append(
+        {
+            "name": f"eval:{_model_name(model_dir)}",
+            "accuracy": summary["accuracy"],
+            "format_rate": summary["format_rate"],
+            "order_agreement": summary["order_agreement"],
+        }
+    )
+    report["final"] = {"accuracy": summary["accuracy"], "format_rate": summary["format_rate"]}
+    _log(
+        f"eval ({model_dir}): accuracy {summary['accuracy']:.3f}, format rate "
+        f"{summary['format_rate']:.3f}, order agreement {summary['order_agreement']}"
+    )
+
+
+def _model_name(model_dir: str) -> str:
+    """'init_hf' for {out}/init_hf, 'sft' for {out}/sft/hf."""
+    name = os.path.basename(os.path.normpath(model_dir))
+    return os.path.basename(os.path.dirname(os.path.normpath(model_dir))) if name == "hf" else name
+
+
 def _latest_model_dir(out: str) -> str:
     """The newest trained model of the run (stages write {stage}/hf), else the initial one."""
     for stage in ("sft",):
@@ -241,6 +290,7 @@ STAGES: dict[str, Callable[[RunConfig, str, dict], None]] = {
     "init": _stage_init,
     "data": _stage_data,
     "sft": _stage_sft,
+    "eval": _stage_eval,
     "forward": _stage_forward,
     "export": _stage_export,
 }
@@ -258,14 +308,17 @@ def run(cfg: RunConfig) -> dict:
         with open(report_path) as f:
             report = json.load(f)
     report.setdefault("stages_done", [])
+    seen: dict[str, int] = {}
     for name in cfg.stages:
-        if name in report["stages_done"]:
-            _log(f"{name}: already done, skipped (delete {report_path} to rerun)")
+        seen[name] = seen.get(name, 0) + 1
+        key = name if seen[name] == 1 else f"{name}.{seen[name]}"  # a stage may run twice
+        if key in report["stages_done"]:
+            _log(f"{key}: already done, skipped (delete {report_path} to rerun)")
             continue
         t0 = time.perf_counter()
         STAGES[name](cfg, out, report)
-        report["stages_done"].append(name)
-        report.setdefault("seconds", {})[name] = round(time.perf_counter() - t0, 2)
+        report["stages_done"].append(key)
+        report.setdefault("seconds", {})[key] = round(time.perf_counter() - t0, 2)
         tmp = report_path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(report, f, indent=2)

@@ -85,7 +85,9 @@ class PreferenceRecord:
         if self.mode not in MODES:
             raise RecordError(f"{where}: mode {self.mode!r} is not one of {MODES}")
         allowed = allowed_verdicts(self.task, self.mode)
-        if self.verdict not in allowed and not (
+        if self.mode == "pairwise" and self.verdict == TIE and self.reply is None:
+            pass  # evaluation sets mark ties; they are never a training target
+        elif self.verdict not in allowed and not (
             self.mode == "pointwise" and POINTWISE_PATTERN.match(self.verdict)
         ):
             raise RecordError(f"{where}: verdict {self.verdict!r} is not one of {allowed}")

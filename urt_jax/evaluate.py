@@ -1,0 +1,170 @@
+"""Pairwise and pointwise accuracy of a reward model on a preference set.
+
+Every pairwise item whose prompt is built from fields is judged twice, with the candidates in
+their original order and swapped (the expected verdict flips with them), against position bias;
+the report gives the accuracy of each order, their mean, and how often the two orders agree on
+the same underlying candidate. A judgement is correct when the expected verdict appears in the
+text of the first <answer>...</answer> (the whole output when there is none), as the released
+evaluation scripts count. Ties (verdict "tie") are reported both ways: excluded, and included
+(correct only when the answer names no winner). Modes: "cot" (the model reasons, then answers)
+and "direct" (the reply is started with an empty <think></think> so that it answers at once).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from urt_jax.data.records import PAIRWISE_VERDICTS, TIE, PreferenceRecord
+from urt_jax.generate.prompts import processor_batch
+from urt_jax.generate.sampler import sample
+from urt_jax.rewards import extract_answer, format_reward
+
+DIRECT_PREFIX = "<think>\n</think>\n<answer>"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    swap: bool = True
+    mode: str = "cot"  # "cot" | "direct"
+    temperature: float = 0.0
+    seed: int = 0
+
+
+def _items(records: Sequence[PreferenceRecord], swap: bool) -> list[tuple[str, PreferenceRecord]]:
+    items = []
+    for r in records:
+        items.append(("original", r))
+        swappable = r.mode == "pairwise" and r.user_text is None and r.verdict != TIE
+        if swap and swappable:
+            items.append(("swapped", dataclasses.replace(r, reply=None).swapped()))
+    return items
+
+
+def judge(
+    model,
+    tokenizer,
+    records: Sequence[PreferenceRecord],
+    to_example,
+    options: EvalOptions = EvalOptions(),
+) -> list[dict]:
+    """One judgement per (record, order): the output text, the answer and whether it is right.
+    ``to_example`` must build prompt-only examples (ExampleBuilder(include_reply=False))."""
+    if options.mode not in ("cot", "direct"):
+        raise ValueError(f"mode must be 'cot' or 'direct', found {options.mode!r}")
+    prefix = DIRECT_PREFIX if options.mode == "direct" else ""
+    prefix_ids = np.asarray(tokenizer(prefix, add_special_tokens=False)["input_ids"], np.int64)
+    eos = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    pad = tokenizer.pad_token_id or 0
+    items = _items(records, options.swap)
+    out = []
+    for start in range(0, len(items), options.batch_size):
+        chunk = items[start : start + options.batch_size]
+        examples = []
+        for _, record in chunk:
+            e = to_example(dataclasses.replace(record, reply=None))
+            e["input_ids"] = np.concatenate([e["input_ids"], prefix_ids]).astype(np.int32)
+            examples.append(e)
+        gen = sample(
+            model,
+            processor_batch(examples, pad),
+            num_samples=1,
+            max_new_tokens=options.max_new_tokens,
+            temperature=options.temperature,
+            eos_token_ids=eos,
+            seed=options.seed + start,
+        )
+        for (order, record), tokens, length in zip(chunk, gen.tokens, gen.lengths, strict=True):
+            text = prefix + tokenizer.decode(tokens[:length], skip_special_tokens=True)
+            answer = extract_answer(text)
+            if record.verdict == TIE:
+                correct = not any(v in answer for v in PAIRWISE_VERDICTS[record.task])
+            else:
+                correct = record.verdict in answer
+            out.append(
+                {
+                    "id": record.id,
+                    "task": record.task,
+                    "order": order,
+                    "expected": record.verdict,
+                    "answer": answer,
+                    "output": text,
+                    "correct": bool(correct),
+                    "format": format_reward(text) == 1.0,
+                    "tie": record.verdict == TIE,
+                }
+            )
+    return out
+
+
+def _winner(judgement: dict) -> int | None:
+    """Which underlying candidate (0 = the original first) the answer prefers, if any."""
+    for pos, verdict in enumerate(PAIRWISE_VERDICTS[judgement["task"]]):
+        if verdict in judgement["answer"]:
+            return pos if judgement["order"] == "original" else 1 - pos
+    return None
+
+
+def summarize(judgements: Sequence[dict]) -> dict:
+    def acc(rows):
+        return float(np.mean([r["correct"] for r in rows])) if rows else None
+
+    no_ties = [r for r in judgements if not r["tie"]]
+    by_id: dict[str, dict] = {}
+    for r in no_ties:
+        by_id.setdefault(r["id"], {})[r["order"]] = r
+    pairs = [v for v in by_id.values() if len(v) == 2]
+    agree = [
+        _winner(v["original"]) is not None and _winner(v["original"]) == _winner(v["swapped"])
+        for v in pairs
+    ]
+    tasks = sorted({r["task"] for r in judgements})
+    return {
+        "accuracy": acc(no_ties),
+        "accuracy_with_ties": acc(list(judgements)),
+        "accuracy_original_order": acc([r for r in no_ties if r["order"] == "original"]),
+        "accuracy_swapped_order": acc([r for r in no_ties if r["order"] == "swapped"]),
+        "order_agreement": float(np.mean(agree)) if agree else None,
+        "format_rate": float(np.mean([r["format"] for r in judgements])) if judgements else None,
+        "per_task": {t: acc([r for r in no_ties if r["task"] == t]) for t in tasks},
+        "judgements": len(judgements),
+        "items": len({r["id"] for r in judgements}),
+        "ties": len({r["id"] for r in judgements if r["tie"]}),
+    }
+
+
+def markdown_table(summary: dict, title: str = "evaluation") -> str:
+    def fmt(x):
+        return "-" if x is None else f"{x:.3f}"
+
+    rows = [f"| {title} | value |", "|---|---|"]
+    for key in (
+        "accuracy",
+        "accuracy_with_ties",
+        "accuracy_original_order",
+        "accuracy_swapped_order",
+        "order_agreement",
+        "format_rate",
+    ):
+        rows.append(f"| {key} | {fmt(summary[key])} |")
+    for task, value in summary["per_task"].items():
+        rows.append(f"| accuracy: {task} | {fmt(value)} |")
+    rows.append(f"| items / judgements | {summary['items']} / {summary['judgements']} |")
+    return "\n".join(rows) + "\n"
+
+
+def write_report(summary: dict, judgements: Sequence[dict], out_dir: str) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "eval.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    with open(os.path.join(out_dir, "eval.md"), "w") as f:
+        f.write(markdown_table(summary))
+    with open(os.path.join(out_dir, "judgements.jsonl"), "w") as f:
+        for j in judgements:
+            f.write(json.dumps(j) + "\n")
