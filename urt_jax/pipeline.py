@@ -71,22 +71,11 @@ def _records(cfg: RunConfig, out: str, split: str):
 
 
 def _stage_data(cfg: RunConfig, out: str, report: dict) -> None:
-    from urt_jax.data.synthetic import SyntheticConfig, write_synthetic
+    from urt_jax.train.run_sft import synthetic_train_file
 
     d = cfg.data
     if d.train == "synthetic":
-        s = d.synthetic
-        write_synthetic(
-            os.path.join(out, "data"),
-            s.n_train,
-            s.n_heldout,
-            cfg.seed,
-            SyntheticConfig(
-                image_size=s.image_size,
-                num_frames=s.num_frames,
-                pointwise_fraction=s.pointwise_fraction,
-            ),
-        )
+        synthetic_train_file(cfg, out)  # writes {out}/data/train.jsonl and heldout.jsonl
     model_config = from_pretrained_config(out)
     builder = _builder(cfg, model_config)
     stats = {}
