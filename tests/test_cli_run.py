@@ -21,6 +21,9 @@ SMALL = [
     "train.max_steps=2",
     "eval.max_new_tokens=4",
     "eval.max_items=2",
+    "rejection.max_prompts=2",
+    "rejection.max_new_tokens=4",
+    "rejection.samples_per_prompt=2",
 ]
 
 
@@ -28,7 +31,19 @@ def test_demo_runs_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     assert cli_main(["run", DEMO, f"output_dir={out}", *SMALL]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["stages_done"] == ["init", "data", "forward", "eval", "sft", "eval.2", "export"]
+    assert report["stages_done"] == [
+        "init",
+        "data",
+        "forward",
+        "eval",
+        "sft",
+        "eval.2",
+        "sample",
+        "export",
+    ]
+    assert report["rejection_sampling"]["samples"] == 4
+    assert (out / "rejection_sampling" / "sft.jsonl").exists()
+    assert (out / "rejection_sampling" / "grpo.jsonl").exists()
     assert [s["name"] for s in report["stages"]] == ["eval:init_hf", "eval:sft"]
     assert 0 <= report["final"]["accuracy"] <= 1
     assert (out / "eval" / "eval.md").exists()
@@ -53,7 +68,7 @@ def test_demo_runs_and_resumes(tmp_path, capsys):
     assert model.config.image_token_id == 4012
     capsys.readouterr()
     assert cli_main(["run", DEMO, f"output_dir={out}", *SMALL]) == 0
-    assert capsys.readouterr().out.count("already done") == 7
+    assert capsys.readouterr().out.count("already done") == 8
 
 
 def test_config_typos_are_errors(tmp_path):

@@ -79,6 +79,25 @@ def _eval(args: argparse.Namespace) -> None:
     print(markdown_table(summary), end="")
 
 
+def _sample(args: argparse.Namespace) -> None:
+    import json
+    import os
+
+    from urt_jax.config import load_run_config
+    from urt_jax.data.sources import open_records
+    from urt_jax.pipeline import rejection_sample
+
+    cfg = load_run_config(args.config, args.overrides)
+    model_dir = args.model or cfg.model.hf_dir
+    if not model_dir:
+        raise ValueError("sample needs a model (--model or model.hf_dir)")
+    d = cfg.data
+    records = open_records(d.train, d.data_root, d.tfds_data_dir, d.skip_invalid)
+    root = d.data_root or os.path.dirname(os.path.abspath(d.train))
+    out = os.path.join(cfg.output_dir, "rejection_sampling")
+    print(json.dumps(rejection_sample(cfg, model_dir, records, root, out), indent=2))
+
+
 def _run(args: argparse.Namespace) -> None:
     from urt_jax.config import load_run_config
     from urt_jax.pipeline import run
@@ -99,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("config")
     sft.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=10")
     sft.set_defaults(func=_sft)
+
+    rs = sub.add_parser("sample", help="rejection sampling: SFT data and GRPO prompts")
+    rs.add_argument("config")
+    rs.add_argument("overrides", nargs="*")
+    rs.add_argument("--model", default=None, help="HF model directory (default: model.hf_dir)")
+    rs.set_defaults(func=_sample)
 
     ev = sub.add_parser("eval", help="accuracy on a preference set, both candidate orders")
     ev.add_argument("config")

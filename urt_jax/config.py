@@ -91,6 +91,18 @@ class EvalSection:
 
 
 @dataclasses.dataclass
+class RejectionSection:
+    samples_per_prompt: int = 4  # not published by the original: a setting
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 0.95
+    batch_size: int = 4
+    grpo_prompts: str = "any_wrong"  # "any_wrong" | "all_wrong"
+    require_format: bool = True
+    max_prompts: int | None = None
+
+
+@dataclasses.dataclass
 class RunConfig:
     output_dir: str = "runs/demo"
     seed: int = 0
@@ -99,6 +111,7 @@ class RunConfig:
     train: TrainSection = dataclasses.field(default_factory=TrainSection)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)
+    rejection: RejectionSection = dataclasses.field(default_factory=RejectionSection)
     stages: list[str] = dataclasses.field(
         default_factory=lambda: ["init", "data", "forward", "export"]
     )

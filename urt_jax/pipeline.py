@@ -201,6 +201,67 @@ def evaluate_model(cfg: RunConfig, model_dir: str, records, out_dir: str) -> dic
     return summary
 
 
+def rejection_sample(cfg: RunConfig, model_dir: str, records, data_root: str, out_dir: str) -> dict:
+    """K samples per training prompt: correct ones -> {out_dir}/sft.jsonl, wrongly answered
+    prompts -> {out_dir}/grpo.jsonl (released formats), statistics -> {out_dir}/stats.json."""
+    from urt_jax.data.templates import Templates
+    from urt_jax.train.rejection import (
+        RejectionOptions,
+        generate_completions,
+        split_samples,
+        write_released_formats,
+    )
+
+    model = from_pretrained(model_dir, dtype=cfg.model.dtype)
+    builder = _builder(cfg, model.config, include_reply=False)
+    r = cfg.rejection
+    if r.max_prompts is not None:
+        records = [records[i] for i in range(min(r.max_prompts, len(records)))]
+    options = RejectionOptions(
+        samples_per_prompt=r.samples_per_prompt,
+        max_new_tokens=r.max_new_tokens,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        batch_size=r.batch_size,
+        grpo_prompts=r.grpo_prompts,
+        require_format=r.require_format,
+        seed=cfg.seed,
+    )
+    completions = generate_completions(model, builder.tokenizer, records, builder, options)
+    sft, grpo, stats = split_samples(records, completions, options)
+    write_released_formats(
+        sft,
+        grpo,
+        Templates.load(cfg.data.templates),
+        data_root,
+        os.path.join(out_dir, "sft.jsonl"),
+        os.path.join(out_dir, "grpo.jsonl"),
+    )
+    with open(os.path.join(out_dir, "stats.json"), "w") as f:
+        json.dump(stats, f, indent=2)
+    return stats
+
+
+def _stage_sample(cfg: RunConfig, out: str, report: dict) -> None:
+    root = (
+        os.path.join(out, "data")
+        if cfg.data.train == "synthetic"
+        else (cfg.data.data_root or os.path.dirname(os.path.abspath(cfg.data.train)))
+    )
+    stats = rejection_sample(
+        cfg,
+        _latest_model_dir(out),
+        _records(cfg, out, "train"),
+        root,
+        os.path.join(out, "rejection_sampling"),
+    )
+    report["rejection_sampling"] = stats
+    _log(
+        f"rejection sampling: {stats['correct_samples']}/{stats['samples']} samples correct; "
+        f"{stats['sft_samples']} kept for SFT, {stats['grpo_prompts']} prompts for GRPO"
+    )
+
+
 def _stage_eval(cfg: RunConfig, out: str, report: dict) -> None:
     model_dir = _latest_model_dir(out)
     summary = evaluate_model(
@@ -280,6 +341,7 @@ STAGES: dict[str, Callable[[RunConfig, str, dict], None]] = {
     "data": _stage_data,
     "sft": _stage_sft,
     "eval": _stage_eval,
+    "sample": _stage_sample,
     "forward": _stage_forward,
     "export": _stage_export,
 }

@@ -1,0 +1,174 @@
+"""Rejection sampling: K completions per prompt from the cold-started model; the correct ones
+become SFT data for the second supervised pass, the prompts answered wrongly become GRPO data.
+Both files are written in the released formats (SFT: ``conversations`` + media; GRPO:
+``problem`` + ``solution`` + media), with media paths relative to the data root."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+
+from urt_jax.data.records import PreferenceRecord
+from urt_jax.generate.prompts import processor_batch
+from urt_jax.generate.sampler import sample
+from urt_jax.rewards import accuracy_reward, format_reward
+
+
+@dataclasses.dataclass(frozen=True)
+class RejectionOptions:
+    samples_per_prompt: int = 4  # not published; a setting
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 0.95
+    batch_size: int = 4  # prompts per sampler call
+    grpo_prompts: str = "any_wrong"  # "any_wrong" | "all_wrong": which prompts go to GRPO
+    require_format: bool = True  # a correct verdict in a malformed reply is not kept for SFT
+    seed: int = 0
+
+
+def split_samples(
+    records: Sequence[PreferenceRecord],
+    completions: Sequence[Sequence[str]],
+    options: RejectionOptions,
+) -> tuple[list, list, dict]:
+    """(SFT (record, completion) pairs, GRPO records, statistics) from K completions per record."""
+    sft, grpo = [], []
+    n_correct = n_format = 0
+    for record, outs in zip(records, completions, strict=True):
+        ok = [
+            accuracy_reward(c, record.verdict) == 1.0
+            and (format_reward(c) == 1.0 or not options.require_format)
+            for c in outs
+        ]
+        n_correct += sum(ok)
+        n_format += sum(format_reward(c) == 1.0 for c in outs)
+        sft += [(record, c) for c, good in zip(outs, ok, strict=True) if good]
+        wrong = (not all(ok)) if options.grpo_prompts == "any_wrong" else (not any(ok))
+        if options.grpo_prompts not in ("any_wrong", "all_wrong"):
+            raise ValueError(
+                f"grpo_prompts must be 'any_wrong' or 'all_wrong', found {options.grpo_prompts!r}"
+            )
+        if wrong:
+            grpo.append(record)
+    total = sum(len(o) for o in completions)
+    stats = {
+        "prompts": len(records),
+        "samples": total,
+        "correct_samples": n_correct,
+        "accuracy": n_correct / max(total, 1),
+        "format_rate": n_format / max(total, 1),
+        "sft_samples": len(sft),
+        "grpo_prompts": len(grpo),
+        "prompts_with_a_correct_sample": sum(
+            any(accuracy_reward(c, r.verdict) == 1.0 for c in o)
+            for r, o in zip(records, completions, strict=True)
+        ),
+    }
+    return sft, grpo, stats
+
+
+def generate_completions(
+    model, tokenizer, records: Sequence[PreferenceRecord], to_example, options: RejectionOptions
+) -> list[list[str]]:
+    eos = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    pad = tokenizer.pad_token_id or 0
+    out: list[list[str]] = []
+    k = options.samples_per_prompt
+    for start in range(0, len(records), options.batch_size):
+        chunk = [records[i] for i in range(start, min(start + options.batch_size, len(records)))]
+        examples = [to_example(dataclasses.replace(r, reply=None)) for r in chunk]
+        gen = sample(
+            model,
+            processor_batch(examples, pad),
+            num_samples=k,
+            max_new_tokens=options.max_new_tokens,
+            temperature=options.temperature,
+            top_p=options.top_p,
+            eos_token_ids=eos,
+            seed=options.seed + start,
+        )
+        texts = [
+            tokenizer.decode(t[:n], skip_special_tokens=True)
+            for t, n in zip(gen.tokens, gen.lengths, strict=True)
+        ]
+        out += [texts[i * k : (i + 1) * k] for i in range(len(chunk))]
+    return out
+
+
+def _media_fields(record: PreferenceRecord, data_root: str) -> dict:
+    def rel(p: str) -> str:
+        return os.path.relpath(p, data_root)
+
+    images = [rel(m.path) for m in record.media if m.kind == "image" and m.path]
+    videos = [
+        [rel(f) for f in m.frames] if m.frames is not None else rel(m.path)
+        for m in record.media
+        if m.kind == "video"
+    ]
+    if any(m.data is not None for m in record.media):
+        raise ValueError(
+            f"{record.source or record.id}: media held as bytes (e.g. from TFDS) "
+            "cannot be written to a JSON data file"
+        )
+    fields = {}
+    if images:
+        fields["images"] = images
+    if len(videos) == 1:
+        fields["video"] = videos[0]
+    elif videos:
+        fields["videos"] = videos
+    fps = next((m.fps for m in record.media if m.fps), None)
+    if fps:
+        fields["fps"] = fps
+    return fields
+
+
+def write_released_formats(
+    sft: Sequence[tuple[PreferenceRecord, str]],
+    grpo: Sequence[PreferenceRecord],
+    templates,
+    data_root: str,
+    sft_path: str,
+    grpo_path: str,
+) -> None:
+    """The SFT pairs and GRPO prompts as JSONL in the released formats (atomic writes)."""
+
+    def marks(record: PreferenceRecord) -> str:
+        return "".join("<image>\n" if m.kind == "image" else "<video>\n" for m in record.media)
+
+    def write(path: str, rows: list[dict]) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        os.replace(tmp, path)
+
+    write(
+        sft_path,
+        [
+            {
+                "id": r.id,
+                "conversations": [
+                    {"from": "human", "value": marks(r) + templates.render(r)},
+                    {"from": "gpt", "value": completion},
+                ],
+                **_media_fields(r, data_root),
+            }
+            for r, completion in sft
+        ],
+    )
+    write(
+        grpo_path,
+        [
+            {
+                "id": r.id,
+                "problem": marks(r) + templates.render(r),
+                "solution": r.verdict,
+                **_media_fields(r, data_root),
+            }
+            for r in grpo
+        ],
+    )
