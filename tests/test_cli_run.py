@@ -39,12 +39,15 @@ def test_demo_runs_and_resumes(tmp_path, capsys):
         "sft",
         "eval.2",
         "sample",
+        "rs_sft",
+        "eval.3",
         "export",
     ]
+    assert "skipped" in report["rs_sft"]  # 2 prompts x 2 samples of 4 tokens: none correct
     assert report["rejection_sampling"]["samples"] == 4
     assert (out / "rejection_sampling" / "sft.jsonl").exists()
     assert (out / "rejection_sampling" / "grpo.jsonl").exists()
-    assert [s["name"] for s in report["stages"]] == ["eval:init_hf", "eval:sft"]
+    assert [s["name"] for s in report["stages"]] == ["eval:init_hf", "eval:sft", "eval:sft"]
     assert 0 <= report["final"]["accuracy"] <= 1
     assert (out / "eval" / "eval.md").exists()
     assert os.path.exists(report["sft"]["metrics"]) and report["sft"]["steps"] == 2
@@ -68,7 +71,7 @@ def test_demo_runs_and_resumes(tmp_path, capsys):
     assert model.config.image_token_id == 4012
     capsys.readouterr()
     assert cli_main(["run", DEMO, f"output_dir={out}", *SMALL]) == 0
-    assert capsys.readouterr().out.count("already done") == 8
+    assert capsys.readouterr().out.count("already done") == 10
 
 
 def test_config_typos_are_errors(tmp_path):

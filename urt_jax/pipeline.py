@@ -282,6 +282,38 @@ def _stage_eval(cfg: RunConfig, out: str, report: dict) -> None:
     )
 
 
+def _stage_rs_sft(cfg: RunConfig, out: str, report: dict) -> None:
+    """The second SFT: the cold-started model on its own correct samples (rejection sampling)."""
+    from urt_jax.train.run_sft import run_sft
+
+    data = os.path.join(out, "rejection_sampling", "sft.jsonl")
+    if not os.path.exists(data):
+        raise RunConfigError("stage rs_sft needs the 'sample' stage before it")
+    with open(data) as f:
+        kept = sum(1 for line in f if line.strip())
+    if kept < cfg.data.batch_size:
+        report["rs_sft"] = {"skipped": f"{kept} correct samples, fewer than one batch"}
+        _log(f"rs_sft: skipped, rejection sampling kept only {kept} samples")
+        return
+    root = (
+        os.path.join(out, "data")
+        if cfg.data.train == "synthetic"
+        else (cfg.data.data_root or os.path.dirname(os.path.abspath(cfg.data.train)))
+    )
+    result = run_sft(
+        cfg,
+        os.path.join(out, "rs_sft"),
+        train_spec=data,
+        hf_dir=os.path.join(out, "sft", "hf"),
+        data_root=root,
+    )
+    report["rs_sft"] = {
+        "steps": result["steps"],
+        "final_loss": result["final"].get("loss"),
+        "metrics": os.path.join(out, "rs_sft", "metrics.jsonl"),
+    }
+
+
 def _model_name(model_dir: str) -> str:
     """'init_hf' for {out}/init_hf, 'sft' for {out}/sft/hf."""
     name = os.path.basename(os.path.normpath(model_dir))
@@ -290,7 +322,7 @@ def _model_name(model_dir: str) -> str:
 
 def _latest_model_dir(out: str) -> str:
     """The newest trained model of the run (stages write {stage}/hf), else the initial one."""
-    for stage in ("sft",):
+    for stage in ("rs_sft", "sft"):
         path = os.path.join(out, stage, "hf")
         if os.path.isdir(path):
             return path
@@ -342,6 +374,7 @@ STAGES: dict[str, Callable[[RunConfig, str, dict], None]] = {
     "sft": _stage_sft,
     "eval": _stage_eval,
     "sample": _stage_sample,
+    "rs_sft": _stage_rs_sft,
     "forward": _stage_forward,
     "export": _stage_export,
 }
