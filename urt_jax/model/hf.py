@@ -345,9 +345,19 @@ def save_pretrained(
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     tensors = dict(hf_tensors(model))
-    dtypes = {t.dtype.name for t in tensors.values()}
-    config = dataclasses.replace(model.config, dtype=_dtype_name(dtypes))
     save_safetensors(tensors, out_dir, max_shard_bytes=max_shard_bytes)
+    dtype = _dtype_name({t.dtype.name for t in tensors.values()})
+    write_config_and_aux_files(model, out_dir, dtype, source_dir)
+    for name, content in (extra_files or {}).items():
+        _write_atomic(os.path.join(out_dir, name), content)
+
+
+def write_config_and_aux_files(
+    model: Qwen25VL, out_dir: str, dtype: str, source_dir: str | None = None
+) -> None:
+    """config.json (Hub layout, torch_dtype = dtype) and the tokenizer, processor and generation
+    files of ``source_dir`` (default: the directory the model was loaded from)."""
+    config = dataclasses.replace(model.config, dtype=dtype)
     _write_atomic(
         os.path.join(out_dir, "config.json"),
         json.dumps(config.to_hf_dict(), indent=2, sort_keys=True) + "\n",
@@ -358,8 +368,6 @@ def save_pretrained(
             path = os.path.join(src, name)
             if os.path.isfile(path):
                 shutil.copyfile(path, os.path.join(out_dir, name))
-    for name, content in (extra_files or {}).items():
-        _write_atomic(os.path.join(out_dir, name), content)
 
 
 def _dtype_name(dtypes: set[str]) -> str:

@@ -6,8 +6,6 @@ each start); ``urt-jax convert`` moves between it and Hugging Face safetensors.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import shutil
 
@@ -16,7 +14,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from urt_jax.model.config import Qwen25VLConfig
-from urt_jax.model.hf import AUX_FILES, _abstract_model, _write_atomic
+from urt_jax.model.hf import _abstract_model, write_config_and_aux_files
 from urt_jax.model.layers import DTypePolicy
 from urt_jax.model.qwen2_5_vl import Qwen25VL
 
@@ -36,22 +34,13 @@ def save_orbax(
     params_dir = os.path.join(out_dir, PARAMS_DIR)
     if os.path.exists(params_dir):
         shutil.rmtree(params_dir)
+    params = _param_tree(model)
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(params_dir, _param_tree(model))
+    checkpointer.save(params_dir, params)
     checkpointer.wait_until_finished()
-    dtypes = {leaf.dtype.name for leaf in jax.tree.leaves(_param_tree(model))}
-    config = model.config
-    if len(dtypes) == 1:
-        config = dataclasses.replace(config, dtype=dtypes.pop())
-    _write_atomic(
-        os.path.join(out_dir, "config.json"),
-        json.dumps(config.to_hf_dict(), indent=2, sort_keys=True) + "\n",
-    )
-    src = source_dir if source_dir is not None else getattr(model, "source_dir", None)
-    if src and os.path.abspath(src) != out_dir:
-        for name in AUX_FILES:
-            if os.path.isfile(os.path.join(src, name)):
-                shutil.copyfile(os.path.join(src, name), os.path.join(out_dir, name))
+    dtypes = {leaf.dtype.name for leaf in jax.tree.leaves(params)}
+    dtype = dtypes.pop() if len(dtypes) == 1 else model.config.dtype
+    write_config_and_aux_files(model, out_dir, dtype, source_dir)
 
 
 def load_orbax(
