@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from urt_jax.data.batching import pow2_at_least
 from urt_jax.model.inputs import ModelInputs, prepare_inputs
 from urt_jax.model.qwen2_5_vl import Qwen25VL
 from urt_jax.model.rope import mrope_cos_sin
@@ -241,7 +242,7 @@ def sample(
         ids,
         mask,
         **{k: batch[k] for k in keys if batch.get(k) is not None},
-        round_up=lambda kind, n: 1 << max(0, int(np.ceil(np.log2(max(n, 1))))),
+        round_up=lambda kind, n: pow2_at_least(n, 1),
     )
     graphdef, state = nnx.split(model)
     tokens, logprobs, lengths = _sample_jit(
@@ -270,29 +271,21 @@ def _model_mesh(state):
 
 
 def _place_on_mesh(mesh, inputs: ModelInputs, deltas: np.ndarray):
+    """Prompts split over data x fsdp when the rows divide evenly, else replicated."""
     from jax.sharding import NamedSharding, PartitionSpec
 
     from urt_jax.sharding.mesh import BATCH_AXES
 
     ways = int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.shape]))
-    rows = inputs.input_ids.shape[0]
+    split = inputs.input_ids.shape[0] % ways == 0
 
     def put(array, batch_axis):
-        spec = [None] * array.ndim
-        if rows % ways == 0:
+        spec = [None] * np.ndim(array)
+        if split:
             spec[batch_axis] = BATCH_AXES
-        return jax.device_put(array, NamedSharding(mesh, PartitionSpec(*spec)))
+        return jax.device_put(np.asarray(array), NamedSharding(mesh, PartitionSpec(*spec)))
 
-    axes = {"position_ids": 1}
-    placed = ModelInputs(
-        **{
-            f.name: None
-            if getattr(inputs, f.name) is None
-            else put(np.asarray(getattr(inputs, f.name)), axes.get(f.name, 0))
-            for f in dataclasses.fields(ModelInputs)
-        }
-    )
-    return placed, put(deltas, 0)
+    return inputs.map_with_batch_axis(put), put(deltas, 0)
 
 
 def _as_list(x) -> list[int]:

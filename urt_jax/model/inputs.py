@@ -42,6 +42,30 @@ class ModelInputs:
     def has_vision(self) -> bool:
         return self.pixel_values is not None
 
+    def map_with_batch_axis(self, fn: Callable[[object, int], object]) -> ModelInputs:
+        """A ModelInputs of fn(array, index of its batch axis) over the fields that are set."""
+        return ModelInputs(
+            **{
+                f.name: None
+                if getattr(self, f.name) is None
+                else fn(getattr(self, f.name), BATCH_AXIS[f.name])
+                for f in dataclasses.fields(self)
+            }
+        )
+
+
+# Which axis of each ModelInputs field is the batch (sharded over data x fsdp).
+BATCH_AXIS = {
+    "input_ids": 0,
+    "attention_mask": 0,
+    "position_ids": 1,
+    "vision_token_index": 0,
+    "pixel_values": 0,
+    "rot_pos": 0,
+    "window_index": 0,
+    "frame_index": 0,
+}
+
 
 def _as_np(x, name: str, ndim: int | None = None, dtype=None) -> np.ndarray | None:
     if x is None:

@@ -83,12 +83,6 @@ def make_mesh(cfg: MeshConfig, devices: list | None = None) -> Mesh:
     return Mesh(np.asarray(devices[:n]).reshape(shape), AXES)
 
 
-def batch_sharding(mesh: Mesh, ndim: int, batch_axis: int = 0) -> NamedSharding:
-    spec = [None] * ndim
-    spec[batch_axis] = BATCH_AXES
-    return NamedSharding(mesh, PartitionSpec(*spec))
-
-
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

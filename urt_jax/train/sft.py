@@ -11,7 +11,6 @@ gradient norm leaves parameters and optimiser state untouched (``train.nonfinite
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 
@@ -27,22 +26,11 @@ from urt_jax.data.batching import Batch, batch_sizes, pad_batch
 from urt_jax.model.inputs import ModelInputs
 from urt_jax.model.qwen2_5_vl import Qwen25VL
 from urt_jax.sharding.mesh import BATCH_AXES
+from urt_jax.sharding.mesh import replicated as replicated_sharding
 from urt_jax.train.loss import masked_nll
 from urt_jax.train.optim import learning_rate_schedule, make_optimizer
 
 log = logging.getLogger(__name__)
-
-# Which axis of each ModelInputs field is the batch.
-_BATCH_AXIS = {
-    "input_ids": 0,
-    "attention_mask": 0,
-    "position_ids": 1,
-    "vision_token_index": 0,
-    "pixel_values": 0,
-    "rot_pos": 0,
-    "window_index": 0,
-    "frame_index": 0,
-}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -67,11 +55,8 @@ def put_global(mesh: Mesh, array: np.ndarray, batch_axis: int | None) -> jax.Arr
 
 
 def shard_batch(mesh: Mesh, batch: Batch) -> tuple[ModelInputs, jax.Array]:
-    fields = {}
-    for f in dataclasses.fields(ModelInputs):
-        value = getattr(batch.inputs, f.name)
-        fields[f.name] = None if value is None else put_global(mesh, value, _BATCH_AXIS[f.name])
-    return ModelInputs(**fields), put_global(mesh, batch.loss_mask, 0)
+    inputs = batch.inputs.map_with_batch_axis(lambda a, axis: put_global(mesh, a, axis))
+    return inputs, put_global(mesh, batch.loss_mask, 0)
 
 
 def agree_across_processes(batch: Batch, config, pad_id: int = 0) -> Batch:
@@ -96,7 +81,7 @@ class SFTTrainer:
         )
         self.tx = make_optimizer(cfg, total_steps)
         self.schedule = learning_rate_schedule(cfg, total_steps)
-        replicated = NamedSharding(mesh, PartitionSpec())
+        replicated = replicated_sharding(mesh)
         opt_state = jax.jit(self.tx.init)(params)  # moments follow the parameters' shardings
 
         def on_mesh(x):  # scalars (e.g. Adam's count) come out on one device: replicate them
@@ -173,7 +158,7 @@ class SFTTrainer:
             self.state["params"],
             self.param_shardings,
         )
-        scalar = NamedSharding(self.mesh, PartitionSpec())
+        scalar = replicated_sharding(self.mesh)
         return (
             zeros,
             jax.device_put(jnp.zeros((), jnp.float32), scalar),
