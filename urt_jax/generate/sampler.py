@@ -26,6 +26,7 @@ from urt_jax.data.batching import pow2_at_least
 from urt_jax.model.inputs import ModelInputs, prepare_inputs
 from urt_jax.model.qwen2_5_vl import Qwen25VL
 from urt_jax.model.rope import mrope_cos_sin
+from urt_jax.model.text import causal_padding_mask
 
 PROMPT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
@@ -81,23 +82,16 @@ def _choose(
     return jax.random.categorical(key, filtered, axis=-1)
 
 
-def _layer_stack(model: Qwen25VL):
-    return model.language_model.layers
-
-
 def _prefill(model: Qwen25VL, inputs: ModelInputs, cache_len: int):
     """Hidden state of the last prompt position and the K/V cache [L][B, S, KV, D]."""
     x = model.embed(inputs)
     cos, sin = mrope_cos_sin(inputs.position_ids, model.config, x.dtype)
     t = x.shape[1]
-    mask = jnp.tril(jnp.ones((t, t), bool))[None] & inputs.attention_mask.astype(bool)[:, None]
+    mask = causal_padding_mask(inputs.attention_mask)
+    pad = [(0, 0), (0, cache_len - t), (0, 0), (0, 0)]
     caches = []
-    for layer in _layer_stack(model):
-        h = layer.input_layernorm(x)
-        q, k, v = layer.self_attn.project_qkv(h, cos, sin)
-        x = x + layer.self_attn.attend(q, k, v, mask)
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
-        pad = [(0, 0), (0, cache_len - t), (0, 0), (0, 0)]
+    for layer in model.language_model.layers:
+        x, (k, v) = layer.step(x, cos, sin, mask)
         caches.append((jnp.pad(k, pad), jnp.pad(v, pad)))
     return model.language_model.norm(x[:, -1:]), caches
 
@@ -111,14 +105,9 @@ def _decode_one(
     cos, sin = mrope_cos_sin(pos, model.config, x.dtype)
     mask = key_valid[:, None, :]  # [R, 1, S]
     new_caches = []
-    for layer, (ck, cv) in zip(_layer_stack(model), caches, strict=True):
-        h = layer.input_layernorm(x)
-        q, k, v = layer.self_attn.project_qkv(h, cos, sin)
-        ck = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), index, axis=1)
-        cv = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), index, axis=1)
-        x = x + layer.self_attn.attend(q, ck, cv, mask)
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
-        new_caches.append((ck, cv))
+    for layer, cache in zip(model.language_model.layers, caches, strict=True):
+        x, cache = layer.step(x, cos, sin, mask, cache, index)
+        new_caches.append(cache)
     return model.logits(model.language_model.norm(x))[:, 0], new_caches
 
 

@@ -30,3 +30,12 @@ def maybe_remat(fn: Callable, policy: str) -> Callable:
     if policy == "none":
         return fn
     return nnx.remat(fn, policy=REMAT_POLICIES[check_remat(policy)], prevent_cse=True)
+
+
+def call_block(block, policy: str, *args):
+    """``block(*args)``, rematerialised with the named policy."""
+    return maybe_remat(_call, policy)(block, *args)
+
+
+def _call(block, *args):
+    return block(*args)

@@ -16,7 +16,7 @@ from urt_jax.model.layers import (
     apply_rotary,
     masked_softmax_attention,
 )
-from urt_jax.model.remat import maybe_remat
+from urt_jax.model.remat import call_block
 
 
 class Attention(nnx.Module):
@@ -81,8 +81,19 @@ class DecoderLayer(nnx.Module):
         )
 
     def __call__(self, x, cos, sin, mask):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        return self.step(x, cos, sin, mask)[0]
+
+    def step(self, x, cos, sin, mask, cache=None, cache_index=None):
+        """The layer, also returning the keys and values it attended to. With ``cache`` (a pair
+        of [B, S, KV, D] arrays) this step's keys/values are first written at ``cache_index``
+        and attention reads the whole cache (decoding); the updated cache is returned."""
+        q, k, v = self.self_attn.project_qkv(self.input_layernorm(x), cos, sin)
+        if cache is not None:
+            ck, cv = cache
+            k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
+        x = x + self.self_attn.attend(q, k, v, mask)
+        return x + self.mlp(self.post_attention_layernorm(x)), (k, v)
 
 
 class TextModel(nnx.Module):
@@ -97,12 +108,8 @@ class TextModel(nnx.Module):
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
         """Final-norm hidden states [B, T, D] from input embeddings [B, T, D]."""
         for layer in self.layers:
-            x = maybe_remat(_layer_call, self.remat)(layer, x, cos, sin, mask)
+            x = call_block(layer, self.remat, x, cos, sin, mask)
         return self.norm(x)
-
-
-def _layer_call(layer: DecoderLayer, x, cos, sin, mask):
-    return layer(x, cos, sin, mask)
 
 
 def causal_padding_mask(attention_mask: jax.Array) -> jax.Array:

@@ -20,7 +20,7 @@ from urt_jax.model.layers import (
     apply_rotary,
     masked_softmax_attention,
 )
-from urt_jax.model.remat import maybe_remat
+from urt_jax.model.remat import call_block
 from urt_jax.model.rope import vision_cos_sin
 
 
@@ -141,9 +141,5 @@ class VisionTower(nnx.Module):
         full = set(self.cfg.fullatt_block_indexes)
         for i, block in enumerate(self.blocks):
             segments = frame_index if i in full else window_index
-            x = maybe_remat(_block_call, self.remat)(block, x, cos, sin, segments)
+            x = call_block(block, self.remat, x, cos, sin, segments)
         return self.merger(x)
-
-
-def _block_call(block: VisionBlock, x, cos, sin, segments):
-    return block(x, cos, sin, segments)
