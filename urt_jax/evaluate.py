@@ -20,8 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from urt_jax.data.records import PAIRWISE_VERDICTS, TIE, PreferenceRecord
-from urt_jax.generate.prompts import processor_batch
-from urt_jax.generate.sampler import sample
+from urt_jax.generate.prompts import complete
 from urt_jax.rewards import extract_answer, format_reward
 
 DIRECT_PREFIX = "<think>\n</think>\n<answer>"
@@ -58,48 +57,39 @@ def judge(
     ``to_example`` must build prompt-only examples (ExampleBuilder(include_reply=False))."""
     if options.mode not in ("cot", "direct"):
         raise ValueError(f"mode must be 'cot' or 'direct', found {options.mode!r}")
-    prefix = DIRECT_PREFIX if options.mode == "direct" else ""
-    prefix_ids = np.asarray(tokenizer(prefix, add_special_tokens=False)["input_ids"], np.int64)
-    eos = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
-    pad = tokenizer.pad_token_id or 0
     items = _items(records, options.swap)
+    texts = complete(
+        model,
+        tokenizer,
+        [record for _, record in items],
+        to_example,
+        num_samples=1,
+        max_new_tokens=options.max_new_tokens,
+        temperature=options.temperature,
+        batch_size=options.batch_size,
+        seed=options.seed,
+        reply_prefix=DIRECT_PREFIX if options.mode == "direct" else "",
+    )
     out = []
-    for start in range(0, len(items), options.batch_size):
-        chunk = items[start : start + options.batch_size]
-        examples = []
-        for _, record in chunk:
-            e = to_example(dataclasses.replace(record, reply=None))
-            e["input_ids"] = np.concatenate([e["input_ids"], prefix_ids]).astype(np.int32)
-            examples.append(e)
-        gen = sample(
-            model,
-            processor_batch(examples, pad),
-            num_samples=1,
-            max_new_tokens=options.max_new_tokens,
-            temperature=options.temperature,
-            eos_token_ids=eos,
-            seed=options.seed + start,
+    for (order, record), (text,) in zip(items, texts, strict=True):
+        answer = extract_answer(text)
+        if record.verdict == TIE:
+            correct = not any(v in answer for v in PAIRWISE_VERDICTS[record.task])
+        else:
+            correct = record.verdict in answer
+        out.append(
+            {
+                "id": record.id,
+                "task": record.task,
+                "order": order,
+                "expected": record.verdict,
+                "answer": answer,
+                "output": text,
+                "correct": bool(correct),
+                "format": format_reward(text) == 1.0,
+                "tie": record.verdict == TIE,
+            }
         )
-        for (order, record), tokens, length in zip(chunk, gen.tokens, gen.lengths, strict=True):
-            text = prefix + tokenizer.decode(tokens[:length], skip_special_tokens=True)
-            answer = extract_answer(text)
-            if record.verdict == TIE:
-                correct = not any(v in answer for v in PAIRWISE_VERDICTS[record.task])
-            else:
-                correct = record.verdict in answer
-            out.append(
-                {
-                    "id": record.id,
-                    "task": record.task,
-                    "order": order,
-                    "expected": record.verdict,
-                    "answer": answer,
-                    "output": text,
-                    "correct": bool(correct),
-                    "format": format_reward(text) == 1.0,
-                    "tie": record.verdict == TIE,
-                }
-            )
     return out
 
 

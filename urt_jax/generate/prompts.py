@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -32,10 +33,49 @@ def processor_batch(examples: Sequence[dict], pad_id: int) -> dict[str, np.ndarr
     return batch
 
 
-def prompt_batches(
-    records: Sequence[PreferenceRecord], to_example, batch_size: int, pad_id: int
-) -> Iterator[tuple[list[PreferenceRecord], dict]]:
-    """(records, batch) chunks; to_example must build prompt-only examples."""
+def complete(
+    model,
+    tokenizer,
+    records: Sequence[PreferenceRecord],
+    to_example,
+    *,
+    num_samples: int,
+    max_new_tokens: int,
+    temperature: float,
+    batch_size: int,
+    seed: int,
+    top_p: float = 1.0,
+    reply_prefix: str = "",
+) -> list[list[str]]:
+    """``num_samples`` completions per record, as text (``reply_prefix`` included), generated in
+    chunks of ``batch_size`` prompts until <|im_end|>. ``to_example`` must build prompt-only
+    examples; the records' own replies are ignored; ``reply_prefix`` starts every reply."""
+    from urt_jax.generate.sampler import sample
+
+    prefix_ids = np.asarray(tokenizer(reply_prefix, add_special_tokens=False)["input_ids"])
+    eos = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    pad = tokenizer.pad_token_id or 0
+    out: list[list[str]] = []
     for start in range(0, len(records), batch_size):
         chunk = [records[i] for i in range(start, min(start + batch_size, len(records)))]
-        yield chunk, processor_batch([to_example(r) for r in chunk], pad_id)
+        examples = []
+        for record in chunk:
+            e = to_example(dataclasses.replace(record, reply=None))
+            e["input_ids"] = np.concatenate([e["input_ids"], prefix_ids]).astype(np.int32)
+            examples.append(e)
+        gen = sample(
+            model,
+            processor_batch(examples, pad),
+            num_samples=num_samples,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            eos_token_ids=eos,
+            seed=seed + start,
+        )
+        texts = [
+            reply_prefix + tokenizer.decode(t[:n], skip_special_tokens=True)
+            for t, n in zip(gen.tokens, gen.lengths, strict=True)
+        ]
+        out += [texts[i * num_samples : (i + 1) * num_samples] for i in range(len(chunk))]
+    return out

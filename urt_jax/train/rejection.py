@@ -11,8 +11,7 @@ import os
 from collections.abc import Sequence
 
 from urt_jax.data.records import PreferenceRecord
-from urt_jax.generate.prompts import processor_batch
-from urt_jax.generate.sampler import sample
+from urt_jax.generate.prompts import complete
 from urt_jax.rewards import accuracy_reward, format_reward
 
 
@@ -72,29 +71,18 @@ def split_samples(
 def generate_completions(
     model, tokenizer, records: Sequence[PreferenceRecord], to_example, options: RejectionOptions
 ) -> list[list[str]]:
-    eos = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
-    pad = tokenizer.pad_token_id or 0
-    out: list[list[str]] = []
-    k = options.samples_per_prompt
-    for start in range(0, len(records), options.batch_size):
-        chunk = [records[i] for i in range(start, min(start + options.batch_size, len(records)))]
-        examples = [to_example(dataclasses.replace(r, reply=None)) for r in chunk]
-        gen = sample(
-            model,
-            processor_batch(examples, pad),
-            num_samples=k,
-            max_new_tokens=options.max_new_tokens,
-            temperature=options.temperature,
-            top_p=options.top_p,
-            eos_token_ids=eos,
-            seed=options.seed + start,
-        )
-        texts = [
-            tokenizer.decode(t[:n], skip_special_tokens=True)
-            for t, n in zip(gen.tokens, gen.lengths, strict=True)
-        ]
-        out += [texts[i * k : (i + 1) * k] for i in range(len(chunk))]
-    return out
+    return complete(
+        model,
+        tokenizer,
+        records,
+        to_example,
+        num_samples=options.samples_per_prompt,
+        max_new_tokens=options.max_new_tokens,
+        temperature=options.temperature,
+        top_p=options.top_p,
+        batch_size=options.batch_size,
+        seed=options.seed,
+    )
 
 
 def _media_fields(record: PreferenceRecord, data_root: str) -> dict:
