@@ -36,6 +36,8 @@ class SampleOutput:
     tokens: np.ndarray  # [B*G, max_new_tokens], pad_id after a row's end
     logprobs: np.ndarray  # [B*G, max_new_tokens], 0 after a row's end
     lengths: np.ndarray  # [B*G] generated tokens including the end token
+    prompt_ids: np.ndarray  # [B, P] the prompts as decoded from: left-padded to a bucket
+    prompt_mask: np.ndarray  # [B, P]
 
 
 def _bucket(n: int, buckets: Sequence[int]) -> int:
@@ -234,11 +236,16 @@ def sample(
         round_up=lambda kind, n: pow2_at_least(n, 1),
     )
     graphdef, state = nnx.split(model)
+    mesh = _model_mesh(state)
+    if mesh is not None:  # prompts split over data x fsdp (heads follow the weights' tensor axis)
+        placed, placed_deltas = _place_on_mesh(mesh, inputs, deltas.astype(np.int32))
+    else:
+        placed, placed_deltas = jax.tree.map(jnp.asarray, inputs), jnp.asarray(deltas, jnp.int32)
     tokens, logprobs, lengths = _sample_jit(
         graphdef,
         state,
-        jax.tree.map(jnp.asarray, inputs),
-        jnp.asarray(deltas, jnp.int32),
+        placed,
+        placed_deltas,
         jax.random.key(seed),
         num_samples=num_samples,
         max_new_tokens=max_new_tokens,
@@ -248,7 +255,7 @@ def sample(
         eos_ids=eos,
         pad_id=pad,
     )
-    return SampleOutput(np.asarray(tokens), np.asarray(logprobs), np.asarray(lengths))
+    return SampleOutput(np.asarray(tokens), np.asarray(logprobs), np.asarray(lengths), ids, mask)
 
 
 def _model_mesh(state):
