@@ -24,6 +24,10 @@ SMALL = [
     "rejection.max_prompts=2",
     "rejection.max_new_tokens=4",
     "rejection.samples_per_prompt=2",
+    "grpo.max_steps=1",
+    "grpo.prompts_per_step=2",
+    "grpo.num_generations=2",
+    "grpo.max_new_tokens=4",
 ]
 
 
@@ -40,6 +44,7 @@ def test_demo_runs_and_resumes(tmp_path, capsys):
         "eval.2",
         "sample",
         "rs_sft",
+        "grpo",
         "eval.3",
         "export",
     ]
@@ -47,7 +52,14 @@ def test_demo_runs_and_resumes(tmp_path, capsys):
     assert report["rejection_sampling"]["samples"] == 4
     assert (out / "rejection_sampling" / "sft.jsonl").exists()
     assert (out / "rejection_sampling" / "grpo.jsonl").exists()
-    assert [s["name"] for s in report["stages"]] == ["eval:init_hf", "eval:sft", "eval:sft"]
+    assert [s["name"] for s in report["stages"]] == ["eval:init_hf", "eval:sft", "eval:grpo"]
+    # GRPO ran on the wrongly answered prompts from the cold-started model
+    assert report["grpo"]["steps"] == 1 and report["grpo"]["prompts"] == 2
+    grpo_metrics = [json.loads(line) for line in (out / "grpo" / "metrics.jsonl").open()]
+    assert grpo_metrics[0]["step"] == 1 and "reward/accuracy" in grpo_metrics[0]
+    assert len((out / "grpo" / "completions.jsonl").read_text().splitlines()) == 4
+    assert set(report["plots"]) == {"accuracy_per_stage", "grpo", "sft_loss"}
+    assert all(open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for p in report["plots"].values())
     assert 0 <= report["final"]["accuracy"] <= 1
     assert (out / "eval" / "eval.md").exists()
     assert os.path.exists(report["sft"]["metrics"]) and report["sft"]["steps"] == 2
@@ -69,9 +81,17 @@ def test_demo_runs_and_resumes(tmp_path, capsys):
     assert processor.size["longest_edge"] == 3136 and processor.size["shortest_edge"] == 3136
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir)
     assert model.config.image_token_id == 4012
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Which image is better?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    generated = model.generate(**prompt, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert generated.shape[1] == prompt["input_ids"].shape[1] + 3
     capsys.readouterr()
     assert cli_main(["run", DEMO, f"output_dir={out}", *SMALL]) == 0
-    assert capsys.readouterr().out.count("already done") == 10
+    assert capsys.readouterr().out.count("already done") == 11
 
 
 def test_config_typos_are_errors(tmp_path):

@@ -85,7 +85,7 @@ def _sample(args: argparse.Namespace) -> None:
 
     from urt_jax.config import load_run_config
     from urt_jax.data.sources import open_records
-    from urt_jax.pipeline import rejection_sample
+    from urt_jax.pipeline import rejection_sample, train_data_root
 
     cfg = load_run_config(args.config, args.overrides)
     model_dir = args.model or cfg.model.hf_dir
@@ -93,9 +93,38 @@ def _sample(args: argparse.Namespace) -> None:
         raise ValueError("sample needs a model (--model or model.hf_dir)")
     d = cfg.data
     records = open_records(d.train, d.data_root, d.tfds_data_dir, d.skip_invalid)
-    root = d.data_root or os.path.dirname(os.path.abspath(d.train))
+    root = train_data_root(cfg, None)
     out = os.path.join(cfg.output_dir, "rejection_sampling")
     print(json.dumps(rejection_sample(cfg, model_dir, records, root, out), indent=2))
+
+
+def _grpo(args: argparse.Namespace) -> None:
+    from urt_jax.config import load_run_config
+    from urt_jax.train.run_grpo import run_grpo
+
+    cfg = load_run_config(args.config, args.overrides)
+    if not (args.model or cfg.model.hf_dir):
+        raise ValueError("grpo needs a starting policy (--model or model.hf_dir)")
+    result = run_grpo(cfg, cfg.output_dir, hf_dir=args.model)
+    final = result["final"]
+    print(
+        f"grpo: {result['steps']} steps (resumed from {result['resumed_from']}); final reward "
+        f"{final.get('reward')}, accuracy {final.get('accuracy')}; policy in {cfg.output_dir}/hf"
+    )
+
+
+def _score(args: argparse.Namespace) -> None:
+    import json
+
+    from urt_jax.config import RunConfig, load_run_config
+    from urt_jax.score import score_file
+
+    cfg = load_run_config(args.config, args.overrides) if args.config else RunConfig()
+    model_dir = args.model or cfg.model.hf_dir
+    if not model_dir:
+        raise ValueError("score needs a model (--model or model.hf_dir in --config)")
+    summary = score_file(cfg, model_dir, args.input, args.output, args.data_root)
+    print(json.dumps(summary, indent=2))
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -125,11 +154,28 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--model", default=None, help="HF model directory (default: model.hf_dir)")
     rs.set_defaults(func=_sample)
 
+    gr = sub.add_parser("grpo", help="GRPO on the prompts of grpo.data (resumable)")
+    gr.add_argument("config")
+    gr.add_argument("overrides", nargs="*")
+    gr.add_argument("--model", default=None, help="HF policy directory (default: model.hf_dir)")
+    gr.set_defaults(func=_grpo)
+
     ev = sub.add_parser("eval", help="accuracy on a preference set, both candidate orders")
     ev.add_argument("config")
     ev.add_argument("overrides", nargs="*")
     ev.add_argument("--model", default=None, help="HF model directory (default: model.hf_dir)")
     ev.set_defaults(func=_eval)
+
+    sc = sub.add_parser("score", help="judge the items of a data file; verdicts and CoT as JSONL")
+    sc.add_argument("input", help="items to judge (any data format; native items need no verdict)")
+    sc.add_argument("--model", default=None, help="HF model directory (default: model.hf_dir)")
+    sc.add_argument("--output", default="judgements.jsonl")
+    sc.add_argument("--data-root", default=None, help="media root (default: the input's dir)")
+    sc.add_argument(
+        "--config", default=None, help="run config for templates, pixel limits and generation"
+    )
+    sc.add_argument("overrides", nargs="*", help="key=value overrides of --config")
+    sc.set_defaults(func=_score)
 
     conv = sub.add_parser("convert", help="convert between Hugging Face and orbax model dirs")
     conv.add_argument("direction", choices=["hf-to-orbax", "orbax-to-hf"])

@@ -103,6 +103,33 @@ class RejectionSection:
 
 
 @dataclasses.dataclass
+class GRPOSection:
+    """GRPO on the prompts rejection sampling answered wrongly; released values as defaults.
+    Optimiser settings other than the learning rate, warm-up and step count come from ``train``."""
+
+    data: str | None = None  # GRPO prompts (any data format); default: rejection sampling's
+    max_steps: int = 100  # generation batches
+    prompts_per_step: int = 8
+    num_generations: int = 8  # G
+    num_iterations: int = 1  # policy updates per generation batch (mu)
+    max_new_tokens: int = 2048
+    temperature: float = 1.0
+    top_p: float = 0.95
+    learning_rate: float = 1e-6
+    warmup_ratio: float = 0.0
+    beta: float = 0.04
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    kl_estimator: str = "k3"  # k1 | k2 | k3
+    kl_clamp: float = 10.0
+    aggregation: str = "seq_mean_token_mean"  # | token_mean | seq_mean_token_sum[_norm]
+    advantage_std: str = "sample"  # sample | population
+    advantage_eps: float = 1e-4
+    advantage_scale: str = "group"  # group | batch | none
+    rewards: list[Any] = dataclasses.field(default_factory=lambda: ["format", "accuracy"])
+
+
+@dataclasses.dataclass
 class RunConfig:
     output_dir: str = "runs/demo"
     seed: int = 0
@@ -112,6 +139,7 @@ class RunConfig:
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)
     rejection: RejectionSection = dataclasses.field(default_factory=RejectionSection)
+    grpo: GRPOSection = dataclasses.field(default_factory=GRPOSection)
     stages: list[str] = dataclasses.field(
         default_factory=lambda: ["init", "data", "forward", "export"]
     )

@@ -110,7 +110,11 @@ def _media(obj: dict, resolve: MediaResolver, where: str) -> tuple[Media, ...]:
     return tuple(out)
 
 
-def parse_record(obj: Any, resolve: MediaResolver, where: str, index: int) -> PreferenceRecord:
+def parse_record(
+    obj: Any, resolve: MediaResolver, where: str, index: int, labelled: bool = True
+) -> PreferenceRecord:
+    """One record. ``labelled=False`` (items to be judged) lets native items leave out the
+    verdict; the record then carries ``verdict=""``."""
     if not isinstance(obj, dict):
         raise RecordError(f"{where}: expected a JSON object, found {type(obj).__name__}")
     media = _media(obj, resolve, where)
@@ -145,7 +149,7 @@ def parse_record(obj: Any, resolve: MediaResolver, where: str, index: int) -> Pr
             rid,
             _require(obj, "task", where),
             obj.get("mode", "pairwise"),
-            _require(obj, "verdict", where),
+            _require(obj, "verdict", where) if labelled or "verdict" in obj else "",
             media,
             prompt=_require(obj, "prompt", where),
             answers=tuple(answers),
@@ -163,7 +167,7 @@ def _task(verdict: str, has_video: bool, where: str) -> tuple[str, str]:
 
 
 def read_records(
-    path: str | os.PathLike, data_root: str | None = None
+    path: str | os.PathLike, data_root: str | None = None, labelled: bool = True
 ) -> Iterator[PreferenceRecord | RecordError]:
     """Every record of a data file, or a RecordError naming its line where it is bad."""
     path = os.fspath(path)
@@ -176,6 +180,6 @@ def read_records(
             yield RecordError(f"{where}: {obj}")
             continue
         try:
-            yield parse_record(obj, resolve, where, index)
+            yield parse_record(obj, resolve, where, index, labelled)
         except RecordError as e:
             yield e

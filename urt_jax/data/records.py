@@ -87,6 +87,8 @@ class PreferenceRecord:
         allowed = allowed_verdicts(self.task, self.mode)
         if self.mode == "pairwise" and self.verdict == TIE and self.reply is None:
             pass  # evaluation sets mark ties; they are never a training target
+        elif self.verdict == "" and self.reply is None:
+            pass  # an unlabelled item to be judged (urt-jax score)
         elif self.verdict not in allowed and not (
             self.mode == "pointwise" and POINTWISE_PATTERN.match(self.verdict)
         ):

@@ -148,10 +148,12 @@ def teacher_pairwise(
     second_scores: list[int],
     dims: list[str],
     reasons: list[tuple[str, str]],
+    observations: list[str] = (),
 ) -> str:
-    """A CoT trace in the released format: per-dimension scores, totals, the verdict."""
+    """A CoT trace in the released format: what is seen first (perception before judgement),
+    then per-dimension scores, totals, the verdict."""
     noun = {"image_generation": "Image", "video_generation": "Video"}.get(task, "Answer")
-    lines = [
+    lines = list(observations) + [
         f"{i + 1}. {dim}: {noun} 1 ({a}/10) - {ra}; {noun} 2 ({b}/10) - {rb}"
         for i, (dim, a, b, (ra, rb)) in enumerate(
             zip(dims, first_scores, second_scores, reasons, strict=True)
@@ -167,8 +169,10 @@ def teacher_pairwise(
     return "<think>\n" + "\n".join(lines) + f"\n</think>\n<answer>{verdict}</answer>"
 
 
-def teacher_pointwise(dims: list[str], scores: list[int], reasons: list[str]) -> str:
-    lines = [
+def teacher_pointwise(
+    dims: list[str], scores: list[int], reasons: list[str], observations: list[str] = ()
+) -> str:
+    lines = list(observations) + [
         f"{i + 1}. {d}: {s}/10 - {r}"
         for i, (d, s, r) in enumerate(zip(dims, scores, reasons, strict=True))
     ]
@@ -199,6 +203,7 @@ def make_item(
     scene = _random_scene(rng, video)
     item_id = f"{task}-{seed}-{index}"
     if task.endswith("generation"):
+        noun = "Video" if video else "Image"
         wrong, attr = _perturb(scene, rng)
         good_first = rng.random() < 0.5
         pair = [scene, wrong] if good_first else [wrong, scene]
@@ -217,7 +222,13 @@ def make_item(
                 + (", as the caption asks" if match else f", not {_describe(scene)}")
             )
             reply = teacher_pointwise(
-                _GEN_DIMS[task], scores, [reason, "clean composition", "plausible detail"]
+                _GEN_DIMS[task],
+                scores,
+                [reason, "clean composition", "plausible detail"],
+                [
+                    _shows(f"The {noun.lower()}", candidates[0]),
+                    f"The caption asks for {_describe(scene)}.",
+                ],
             )
             verdict = reply.rsplit("<answer>", 1)[1].removesuffix("</answer>")
             mode = "pointwise"
@@ -228,7 +239,11 @@ def make_item(
                 ("balanced composition", "balanced composition"),
                 ("clean shapes", "clean shapes"),
             ]
-            reply = teacher_pairwise(task, s[0], s[1], _GEN_DIMS[task], reasons)
+            observations = [
+                " ".join(_shows(f"{noun} {k + 1}", c) for k, c in enumerate(pair)),
+                f"The caption asks for {_describe(scene)}.",
+            ]
+            reply = teacher_pairwise(task, s[0], s[1], _GEN_DIMS[task], reasons, observations)
             verdict = PAIRWISE_VERDICTS[task][0 if good_first else 1]
             assert reply.endswith(f"<answer>{verdict}</answer>")
             mode = "pairwise"
@@ -254,7 +269,12 @@ def make_item(
         "agrees with what is shown" if a == right else "contradicts what is shown" for a in answers
     ]
     reply = teacher_pairwise(
-        task, s[0], s[1], _UND_DIMS, [(why[0], why[1]), (why[0], why[1]), ("clear", "clear")]
+        task,
+        s[0],
+        s[1],
+        _UND_DIMS,
+        [(why[0], why[1]), (why[0], why[1]), ("clear", "clear")],
+        [_shows("The video" if video else "The image", scene)],
     )
     return {
         "id": item_id,
@@ -271,6 +291,11 @@ def make_item(
 
 def _key(video: bool) -> str:
     return "videos" if video else "images"
+
+
+def _shows(subject: str, scene: Scene) -> str:
+    """'Image 1 shows two red circles.': the perception step of the teacher's trace."""
+    return f"{subject} shows {_describe(scene)}."
 
 
 def _reason(candidate: Scene, target: Scene, attr: str) -> str:

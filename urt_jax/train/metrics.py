@@ -25,8 +25,10 @@ class MetricsLogger:
         tensorboard: bool = True,
         progress: bool = True,
         enabled: bool = True,
+        console_keys: tuple[str, ...] = (),
     ):
         self.enabled = enabled
+        self.console_keys = console_keys  # shown after the loss on the console line
         self.total = total_steps
         self.path = os.path.join(out_dir, "metrics.jsonl")
         self._start_time = time.perf_counter()
@@ -74,14 +76,17 @@ class MetricsLogger:
         if self._bar is not None:
             self._bar.n = step
             self._bar.set_postfix(
-                loss=_fmt(row.get("loss"), ".4f"), tok_s=_fmt(row.get("tokens_per_second"), ".0f")
+                loss=_fmt(row.get("loss"), ".4f"),
+                **{k: _fmt(row.get(k), ".3g") for k in self.console_keys},
+                tok_s=_fmt(row.get("tokens_per_second"), ".0f"),
             )
             self._bar.refresh()
         else:
             eta_text = f"{eta / 60:.1f} min" if np.isfinite(eta) else "?"
             print(
                 f"[urt-jax] step {step}/{self.total} loss {_fmt(row.get('loss'), '.4f')} "
-                f"lr {_fmt(row.get('learning_rate'), '.3g')} "
+                + "".join(f"{k} {_fmt(row.get(k), '.3g')} " for k in self.console_keys)
+                + f"lr {_fmt(row.get('learning_rate'), '.3g')} "
                 f"grad_norm {_fmt(row.get('grad_norm'), '.3g')} "
                 f"{_fmt(row.get('tokens_per_second'), '.0f')} tok/s ETA {eta_text}",
                 flush=True,

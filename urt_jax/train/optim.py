@@ -37,3 +37,49 @@ def make_optimizer(cfg: TrainSection, total_steps: int) -> optax.GradientTransfo
             mask=decay_mask,
         ),
     )
+
+
+def init_train_state(params, tx: optax.GradientTransformation, mesh, seed: int) -> dict:
+    """{params, opt_state, step, rng} on the mesh: optimiser moments follow the parameters'
+    shardings, scalars are replicated."""
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+
+    from urt_jax.sharding.mesh import replicated as replicated_sharding
+
+    replicated = replicated_sharding(mesh)
+    opt_state = jax.jit(tx.init)(params)
+
+    def on_mesh(x):  # scalars (e.g. Adam's count) come out on one device: replicate them
+        if isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh:
+            return x
+        return jax.device_put(x, replicated)
+
+    return {
+        "params": params,
+        "opt_state": jax.tree.map(on_mesh, opt_state),
+        "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
+        "rng": jax.device_put(jax.random.key_data(jax.random.key(seed)), replicated),
+    }
+
+
+def apply_if_finite(tx: optax.GradientTransformation, state: dict, grads, loss):
+    """(new state, gradient norm, finite): the AdamW update, or the state untouched (step still
+    counted) when the loss or the gradient norm is NaN/Inf. Runs inside a jitted step."""
+    import jax.numpy as jnp
+
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+
+    def keep_if_finite(new, old):
+        return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+    new_state = {
+        "params": keep_if_finite(params, state["params"]),
+        "opt_state": keep_if_finite(opt_state, state["opt_state"]),
+        "step": state["step"] + 1,
+        "rng": state["rng"],
+    }
+    return new_state, grad_norm, finite

@@ -17,7 +17,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -28,7 +27,12 @@ from urt_jax.model.qwen2_5_vl import Qwen25VL
 from urt_jax.sharding.mesh import BATCH_AXES
 from urt_jax.sharding.mesh import replicated as replicated_sharding
 from urt_jax.train.loss import masked_nll
-from urt_jax.train.optim import learning_rate_schedule, make_optimizer
+from urt_jax.train.optim import (
+    apply_if_finite,
+    init_train_state,
+    learning_rate_schedule,
+    make_optimizer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,17 @@ def agree_across_processes(batch: Batch, config, pad_id: int = 0) -> Batch:
     return pad_batch(batch, sizes, config, pad_id)
 
 
+def handle_nonfinite(cfg: TrainSection, step: int, metrics: dict) -> None:
+    """A skipped (non-finite) update: a warning, or NonFiniteLossError with train.nonfinite=stop."""
+    message = (
+        f"step {step}: non-finite loss {metrics['loss']} or gradient norm "
+        f"{metrics['grad_norm']}; the update was not applied"
+    )
+    if cfg.nonfinite == "stop":
+        raise NonFiniteLossError(message + " (train.nonfinite=stop)")
+    log.warning("%s (train.nonfinite=skip)", message)
+
+
 class SFTTrainer:
     def __init__(
         self, model: Qwen25VL, mesh: Mesh, cfg: TrainSection, total_steps: int, seed: int = 0
@@ -82,20 +97,7 @@ class SFTTrainer:
         self.tx = make_optimizer(cfg, total_steps)
         self.schedule = learning_rate_schedule(cfg, total_steps)
         replicated = replicated_sharding(mesh)
-        opt_state = jax.jit(self.tx.init)(params)  # moments follow the parameters' shardings
-
-        def on_mesh(x):  # scalars (e.g. Adam's count) come out on one device: replicate them
-            if isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh:
-                return x
-            return jax.device_put(x, replicated)
-
-        opt_state = jax.tree.map(on_mesh, opt_state)
-        self.state = {
-            "params": params,
-            "opt_state": opt_state,
-            "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
-            "rng": jax.device_put(jax.random.key_data(jax.random.key(seed)), replicated),
-        }
+        self.state = init_train_state(params, self.tx, mesh, seed)
         self.state_shardings = jax.tree.map(lambda x: x.sharding, self.state)
         self.param_shardings = self.state_shardings["params"]
         self._accumulate = jax.jit(
@@ -128,20 +130,7 @@ class SFTTrainer:
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads_sum)
         loss = loss_sum / denom
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-
-        def keep_if_finite(new, old):
-            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-
-        new_state = {
-            "params": keep_if_finite(params, state["params"]),
-            "opt_state": keep_if_finite(opt_state, state["opt_state"]),
-            "step": state["step"] + 1,
-            "rng": state["rng"],
-        }
+        new_state, grad_norm, finite = apply_if_finite(self.tx, state, grads, loss)
         metrics = {
             "loss": loss,
             "grad_norm": grad_norm,
@@ -189,14 +178,7 @@ class SFTTrainer:
             "skipped": not bool(metrics["finite"]),
         }
         if out["skipped"]:
-            step = int(np.asarray(self.state["step"]))
-            message = (
-                f"step {step}: non-finite loss {out['loss']} or gradient norm "
-                f"{out['grad_norm']}; the update was not applied"
-            )
-            if self.cfg.nonfinite == "stop":
-                raise NonFiniteLossError(message + " (train.nonfinite=stop)")
-            log.warning("%s (train.nonfinite=skip)", message)
+            handle_nonfinite(self.cfg, int(np.asarray(self.state["step"])), out)
         return out
 
     def model(self) -> Qwen25VL:

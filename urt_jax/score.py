@@ -1,0 +1,75 @@
+"""``urt-jax score``: judge items from a data file with a trained model.
+
+Items are pairs (or single candidates, pointwise) in any data format; native items may leave out
+the verdict. Each item is judged once, in the order given, and written as one JSON line with the
+verdict, the chain of thought and whether it is well formed; items that carry a verdict also get
+``expected`` and ``correct``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from urt_jax.config import RunConfig
+from urt_jax.data.readers import read_records
+from urt_jax.data.records import RecordError
+
+
+def read_items(path: str, data_root: str | None) -> list:
+    records, problems = [], []
+    for item in read_records(path, data_root, labelled=False):
+        (problems if isinstance(item, RecordError) else records).append(item)
+    if problems:
+        raise RecordError("\n".join(str(p) for p in problems))
+    return records
+
+
+def score_file(
+    cfg: RunConfig, model_dir: str, path: str, output: str, data_root: str | None = None
+) -> dict:
+    """Writes one judgement per item of ``path`` to ``output`` (JSONL); returns a summary."""
+    from urt_jax.data.examples import builder_from_config
+    from urt_jax.evaluate import EvalOptions, judge
+    from urt_jax.model.hf import from_pretrained
+
+    records = read_items(path, data_root)
+    model = from_pretrained(model_dir, dtype=cfg.model.dtype)
+    builder = builder_from_config(cfg.data, model.config, cfg.seed, include_reply=False)
+    e = cfg.eval
+    options = EvalOptions(
+        max_new_tokens=e.max_new_tokens,
+        batch_size=e.batch_size,
+        swap=False,
+        mode=e.mode,
+        seed=cfg.seed,
+    )
+    judgements = judge(model, builder.tokenizer, records, builder, options)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    labelled = correct = well_formed = 0
+    tmp = output + ".tmp"
+    with open(tmp, "w") as f:
+        for record, j in zip(records, judgements, strict=True):
+            row = {
+                "id": record.id,
+                "task": record.task,
+                "mode": record.mode,
+                "verdict": j["answer"],
+                "output": j["output"],
+                "format": j["format"],
+            }
+            if record.verdict:
+                row |= {"expected": record.verdict, "correct": j["correct"]}
+                labelled += 1
+                correct += j["correct"]
+            well_formed += j["format"]
+            f.write(json.dumps(row) + "\n")
+    os.replace(tmp, output)
+    n = len(records)
+    return {
+        "items": n,
+        "format_rate": well_formed / max(n, 1),
+        "labelled": labelled,
+        "accuracy": correct / labelled if labelled else None,
+        "output": output,
+    }

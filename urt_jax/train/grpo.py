@@ -1,0 +1,325 @@
+"""GRPO on a device mesh: group rollouts from the KV-cache sampler, rewards from the registry,
+group advantages, and the clipped, KL-regularised policy update of ``grpo_loss``.
+
+One generation batch is ``prompts_per_step`` prompts x G completions, rows prompt-major. Prompts
+are left-padded to the sampler's bucket P, so every completion starts at column P of the
+teacher-forced sequence [prompt | completion] and the completion log-probs are one slice.
+Three things run on the mesh, each one jitted function with the batch split over data x fsdp:
+``completion_logprobs`` (used for the frozen reference and, with several updates per batch, for
+the policy that sampled) and ``update`` (loss, gradients, AdamW, skipped when non-finite).
+The reference is a copy of the starting trainable parameters made on the device, sharing the
+frozen vision tower: it never leaves the mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from urt_jax.config import GRPOSection, TrainSection
+from urt_jax.data.batching import pow2_at_least
+from urt_jax.data.records import PreferenceRecord
+from urt_jax.generate.prompts import processor_batch
+from urt_jax.generate.sampler import sample
+from urt_jax.model.inputs import ModelInputs, prepare_inputs
+from urt_jax.model.qwen2_5_vl import Qwen25VL
+from urt_jax.rewards import RewardSpec, compute_rewards, parse_reward_specs
+from urt_jax.sharding.mesh import replicated as replicated_sharding
+from urt_jax.train.grpo_loss import GRPOLossConfig, group_advantages, grpo_loss
+from urt_jax.train.optim import (
+    apply_if_finite,
+    init_train_state,
+    learning_rate_schedule,
+    make_optimizer,
+)
+from urt_jax.train.sft import handle_nonfinite, put_global, trainable_filter
+
+VISION_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "pixel_values_videos",
+    "video_grid_thw",
+    "second_per_grid_ts",
+)
+
+
+def loss_config(g: GRPOSection) -> GRPOLossConfig:
+    return GRPOLossConfig(
+        beta=g.beta,
+        clip_eps_low=g.clip_eps_low,
+        clip_eps_high=g.clip_eps_high,
+        kl_estimator=g.kl_estimator,
+        kl_clamp=g.kl_clamp,
+        aggregation=g.aggregation,
+        advantage_std=g.advantage_std,
+        advantage_eps=g.advantage_eps,
+        advantage_scale=g.advantage_scale,
+    )
+
+
+def optimizer_settings(train: TrainSection, g: GRPOSection) -> TrainSection:
+    """The ``train`` section with GRPO's learning rate, warm-up and number of updates."""
+    return dataclasses.replace(
+        train,
+        learning_rate=g.learning_rate,
+        warmup_ratio=g.warmup_ratio,
+        max_steps=g.max_steps * g.num_iterations,
+        grad_accum=1,
+    )
+
+
+def completion_log_probs(logits: jax.Array, input_ids: jax.Array, prompt_length: int) -> jax.Array:
+    """log p(completion token j) = log_softmax(logits[:, P - 1 + j])[ids[:, P + j]]: [R, N]."""
+    logp = jax.nn.log_softmax(logits[:, prompt_length - 1 : -1].astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp, input_ids[:, prompt_length:, None], axis=-1)[..., 0]
+
+
+# ----------------------------------------------------------------------------- rollouts
+@dataclasses.dataclass
+class Rollouts:
+    """One generation batch on the host, ready for the update."""
+
+    inputs: ModelInputs  # [R, P + N] prompt | completion, numpy
+    completion_mask: np.ndarray  # [R, N] float32: generated tokens up to and including the end
+    prompt_length: int  # P
+    texts: list[str]
+    rewards: np.ndarray  # [R] weighted total
+    reward_parts: dict[str, np.ndarray]  # name -> [R] unweighted
+    advantages: np.ndarray  # [R]
+    lengths: np.ndarray  # [R]
+    sample_logprobs: np.ndarray  # [R, N] from the sampler (the policy that sampled)
+    sampling_seconds: float
+
+
+def rollout(
+    model: Qwen25VL,
+    tokenizer,
+    records: Sequence[PreferenceRecord],
+    to_example,
+    g: GRPOSection,
+    rewards: Sequence[RewardSpec],
+    loss_cfg: GRPOLossConfig,
+    seed: int,
+) -> Rollouts:
+    """G completions per prompt from the current policy, their rewards and group advantages."""
+    t0 = time.perf_counter()
+    pad = tokenizer.pad_token_id or 0
+    eos = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    examples = [to_example(dataclasses.replace(r, reply=None)) for r in records]
+    batch = processor_batch(examples, pad)
+    out = sample(
+        model,
+        batch,
+        num_samples=g.num_generations,
+        max_new_tokens=g.max_new_tokens,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        eos_token_ids=eos,
+        seed=seed,
+        pad_id=pad,
+    )
+    sampling_seconds = time.perf_counter() - t0
+    texts = [
+        tokenizer.decode(t[:n], skip_special_tokens=True)
+        for t, n in zip(out.tokens, out.lengths, strict=True)
+    ]
+    solutions = [r.verdict for r in records for _ in range(g.num_generations)]
+    total, parts = compute_rewards(rewards, texts, solutions)
+    advantages = np.asarray(
+        group_advantages(
+            jnp.asarray(total),
+            g.num_generations,
+            loss_cfg.advantage_std,
+            loss_cfg.advantage_eps,
+            loss_cfg.advantage_scale,
+        )
+    )
+    n = out.tokens.shape[1]
+    completion_mask = (np.arange(n)[None, :] < out.lengths[:, None]).astype(np.float32)
+    rep = lambda a: np.repeat(a, g.num_generations, axis=0)  # noqa: E731  prompt-major
+    ids = np.concatenate([rep(out.prompt_ids), out.tokens], axis=1)
+    mask = np.concatenate([rep(out.prompt_mask), completion_mask.astype(np.int64)], axis=1)
+    repeated = processor_batch([e for e in examples for _ in range(g.num_generations)], pad)
+    inputs, _ = prepare_inputs(
+        model.config,
+        ids,
+        mask,
+        **{k: repeated[k] for k in VISION_KEYS if k in repeated},
+        round_up=lambda kind, k: pow2_at_least(k, 1),
+    )
+    return Rollouts(
+        inputs,
+        completion_mask,
+        out.prompt_ids.shape[1],
+        texts,
+        total,
+        parts,
+        advantages,
+        out.lengths,
+        out.logprobs,
+        sampling_seconds,
+    )
+
+
+# ----------------------------------------------------------------------------- trainer
+class GRPOTrainer:
+    def __init__(
+        self,
+        model: Qwen25VL,
+        mesh: Mesh,
+        train: TrainSection,
+        g: GRPOSection,
+        seed: int = 0,
+    ):
+        self.mesh, self.g = mesh, g
+        self.train = optimizer_settings(train, g)
+        self.loss_cfg = loss_config(g)
+        self.rewards = parse_reward_specs(g.rewards)
+        self.config = model.config
+        self.graphdef, params, self.frozen = nnx.split(
+            model, trainable_filter(self.train.freeze_vision), ...
+        )
+        self.tx = make_optimizer(self.train, self.train.max_steps)
+        self.schedule = learning_rate_schedule(self.train, self.train.max_steps)
+        self.state = init_train_state(params, self.tx, mesh, seed)
+        # The reference: the starting weights, copied on the device with the same shardings.
+        self.ref_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p))(params)
+        state_shardings = jax.tree.map(lambda x: x.sharding, self.state)
+        replicated = replicated_sharding(mesh)
+        self._logprobs = jax.jit(self._logprobs_fn, static_argnames=("prompt_length",))
+        self._update = jax.jit(
+            self._update_fn,
+            donate_argnums=(0,),
+            static_argnames=("prompt_length",),
+            out_shardings=(state_shardings, replicated),
+        )
+
+    # ------------------------------------------------------------------ jitted pieces
+    def _logprobs_fn(self, params, frozen, inputs: ModelInputs, prompt_length: int):
+        model = nnx.merge(self.graphdef, params, frozen)
+        return completion_log_probs(model.forward(inputs), inputs.input_ids, prompt_length)
+
+    def _update_fn(
+        self, state, frozen, inputs, mask, advantages, old_logp, ref_logp, *, prompt_length: int
+    ):
+        def loss_fn(params):
+            logp = self._logprobs_fn(params, frozen, inputs, prompt_length)
+            held = jax.lax.stop_gradient(logp)
+            return grpo_loss(
+                logp,
+                held if old_logp is None else old_logp,
+                held if ref_logp is None else ref_logp,
+                advantages,
+                mask,
+                self.loss_cfg,
+            )
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        new_state, grad_norm, finite = apply_if_finite(self.tx, state, grads, loss)
+        metrics = {
+            **metrics,
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "finite": finite,
+            "learning_rate": self.schedule(state["step"]),
+        }
+        return new_state, metrics
+
+    # ------------------------------------------------------------------ host side
+    def model(self) -> Qwen25VL:
+        return nnx.merge(self.graphdef, self.state["params"], self.frozen)
+
+    def reference_model(self) -> Qwen25VL:
+        return nnx.merge(self.graphdef, self.ref_params, self.frozen)
+
+    def abstract_state(self):
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.state
+        )
+
+    def rollout(self, tokenizer, records, to_example, seed: int) -> Rollouts:
+        return rollout(
+            self.model(), tokenizer, records, to_example, self.g, self.rewards, self.loss_cfg, seed
+        )
+
+    def step(self, r: Rollouts) -> dict:
+        """``num_iterations`` policy updates on one generation batch; returns host metrics."""
+        rows = r.inputs.input_ids.shape[0]
+        ways = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        if rows % ways:
+            raise ValueError(
+                f"grpo: {rows} rows (prompts_per_step x num_generations) do not divide over "
+                f"data x fsdp = {ways}"
+            )
+        t0 = time.perf_counter()
+        put = lambda a, axis=0: put_global(self.mesh, a, axis)  # noqa: E731
+        inputs = r.inputs.map_with_batch_axis(put)
+        mask, advantages = put(r.completion_mask), put(r.advantages.astype(np.float32))
+        p = r.prompt_length
+        ref = (
+            self._logprobs(self.ref_params, self.frozen, inputs, prompt_length=p)
+            if self.loss_cfg.beta != 0.0
+            else None
+        )
+        old = (
+            self._logprobs(self.state["params"], self.frozen, inputs, prompt_length=p)
+            if self.g.num_iterations > 1
+            else None  # one update per batch: the sampling policy is the current one
+        )
+        updates = []
+        for _ in range(self.g.num_iterations):
+            self.state, m = self._update(
+                self.state, self.frozen, inputs, mask, advantages, old, ref, prompt_length=p
+            )
+            m = {k: np.asarray(v) for k, v in m.items()}
+            updates.append(m)
+            if not bool(m["finite"]):
+                handle_nonfinite(
+                    self.train,
+                    int(np.asarray(self.state["step"])),
+                    {"loss": float(m["loss"]), "grad_norm": float(m["grad_norm"])},
+                )
+        update_seconds = time.perf_counter() - t0
+        return self._metrics(r, updates, update_seconds)
+
+    def _metrics(self, r: Rollouts, updates: list[dict], update_seconds: float) -> dict:
+        last = updates[-1]
+        generated = int(r.lengths.sum())
+        g = self.g.num_generations
+        group_std = r.rewards.reshape(-1, g).std(axis=1)
+        out = {
+            "loss": float(np.mean([float(u["loss"]) for u in updates])),
+            "grad_norm": float(last["grad_norm"]),
+            "learning_rate": float(last["learning_rate"]),
+            "kl": float(np.mean([float(u["kl"]) for u in updates])),
+            "clip_fraction": float(np.mean([float(u["clip_fraction"]) for u in updates])),
+            "reward": float(r.rewards.mean()),
+            "reward_std": float(r.rewards.std()),
+            "groups_without_signal": float((group_std == 0).mean()),
+            "advantage_abs_mean": float(np.abs(r.advantages).mean()),
+            "advantage_std": float(r.advantages.std()),
+            "completion_length": float(r.lengths.mean()),
+            "completion_length_max": int(r.lengths.max()),
+            "sampling_seconds": r.sampling_seconds,
+            "update_seconds": update_seconds,
+            "sampled_tokens_per_second": generated / max(r.sampling_seconds, 1e-9),
+            "tokens_per_second": int(r.inputs.attention_mask.sum())
+            * len(updates)
+            / max(update_seconds, 1e-9),
+            "skipped": sum(not bool(u["finite"]) for u in updates),
+        }
+        for name, values in r.reward_parts.items():
+            out[f"reward/{name}"] = float(values.mean())
+            out[f"reward/{name}_std"] = float(values.std())
+        if "accuracy" in r.reward_parts:
+            out["accuracy"] = out["reward/accuracy"]
+        if "format" in r.reward_parts:
+            out["format_rate"] = out["reward/format"]
+        return out
