@@ -59,6 +59,11 @@ class SyntheticConfig:
     fps: float = 2.0
     tasks: tuple[str, ...] = TASKS
     pointwise_fraction: float = 0.0
+    trace: str = "full"  # "full": every dimension and the totals; "brief": the first dimension
+
+    def __post_init__(self):
+        if self.trace not in ("full", "brief"):
+            raise ValueError(f"synthetic trace must be 'full' or 'brief', found {self.trace!r}")
 
 
 def _draw(
@@ -149,9 +154,18 @@ def teacher_pairwise(
     dims: list[str],
     reasons: list[tuple[str, str]],
     observations: list[str] = (),
+    brief: bool = False,
 ) -> str:
     """A CoT trace in the released format: what is seen first (perception before judgement),
-    then per-dimension scores, totals, the verdict."""
+    then per-dimension scores, totals, the verdict. ``brief``: the first dimension only, no
+    totals (the verdict is the same: the first dimension's gap decides it)."""
+    if brief:
+        dims, first_scores, second_scores, reasons = (
+            dims[:1],
+            first_scores[:1],
+            second_scores[:1],
+            reasons[:1],
+        )
     noun = {"image_generation": "Image", "video_generation": "Video"}.get(task, "Answer")
     lines = list(observations) + [
         f"{i + 1}. {dim}: {noun} 1 ({a}/10) - {ra}; {noun} 2 ({b}/10) - {rb}"
@@ -160,18 +174,28 @@ def teacher_pairwise(
         )
     ]
     t1, t2 = sum(first_scores), sum(second_scores)
-    lines += [
-        "Total score:",
-        f"{noun} 1: {'+'.join(map(str, first_scores))}={t1}",
-        f"{noun} 2: {'+'.join(map(str, second_scores))}={t2}",
-    ]
+    lines += (
+        []
+        if brief
+        else [
+            "Total score:",
+            f"{noun} 1: {'+'.join(map(str, first_scores))}={t1}",
+            f"{noun} 2: {'+'.join(map(str, second_scores))}={t2}",
+        ]
+    )
     verdict = PAIRWISE_VERDICTS[task][0 if t1 > t2 else 1]
     return "<think>\n" + "\n".join(lines) + f"\n</think>\n<answer>{verdict}</answer>"
 
 
 def teacher_pointwise(
-    dims: list[str], scores: list[int], reasons: list[str], observations: list[str] = ()
+    dims: list[str],
+    scores: list[int],
+    reasons: list[str],
+    observations: list[str] = (),
+    brief: bool = False,
 ) -> str:
+    if brief:
+        dims, scores, reasons = dims[:1], scores[:1], reasons[:1]
     lines = list(observations) + [
         f"{i + 1}. {d}: {s}/10 - {r}"
         for i, (d, s, r) in enumerate(zip(dims, scores, reasons, strict=True))
@@ -229,6 +253,7 @@ def make_item(
                     _shows(f"The {noun.lower()}", candidates[0]),
                     f"The caption asks for {_describe(scene)}.",
                 ],
+                brief=cfg.trace == "brief",
             )
             verdict = reply.rsplit("<answer>", 1)[1].removesuffix("</answer>")
             mode = "pointwise"
@@ -243,7 +268,9 @@ def make_item(
                 " ".join(_shows(f"{noun} {k + 1}", c) for k, c in enumerate(pair)),
                 f"The caption asks for {_describe(scene)}.",
             ]
-            reply = teacher_pairwise(task, s[0], s[1], _GEN_DIMS[task], reasons, observations)
+            reply = teacher_pairwise(
+                task, s[0], s[1], _GEN_DIMS[task], reasons, observations, cfg.trace == "brief"
+            )
             verdict = PAIRWISE_VERDICTS[task][0 if good_first else 1]
             assert reply.endswith(f"<answer>{verdict}</answer>")
             mode = "pairwise"
@@ -275,6 +302,7 @@ def make_item(
         _UND_DIMS,
         [(why[0], why[1]), (why[0], why[1]), ("clear", "clear")],
         [_shows("The video" if video else "The image", scene)],
+        brief=cfg.trace == "brief",
     )
     return {
         "id": item_id,

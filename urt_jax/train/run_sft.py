@@ -50,6 +50,7 @@ def synthetic_train_file(cfg: RunConfig, out_dir: str) -> str:
                 image_size=s.image_size,
                 num_frames=s.num_frames,
                 pointwise_fraction=s.pointwise_fraction,
+                trace=s.trace,
             ),
         )
     return path
