@@ -24,6 +24,7 @@ SMALL = [
     "rejection.max_prompts=2",
     "rejection.max_new_tokens=4",
     "rejection.samples_per_prompt=2",
+    "rejection.sft_max_steps=2",
     "grpo.max_steps=1",
     "grpo.prompts_per_step=2",
     "grpo.num_generations=2",
@@ -78,7 +79,7 @@ def test_demo_runs_and_resumes(tmp_path, capsys):
     assert tokenizer.convert_tokens_to_ids("<|image_pad|>") == 4012
     assert tokenizer.chat_template
     processor = AutoImageProcessor.from_pretrained(hf_dir, backend="pil")
-    assert processor.size["longest_edge"] == 3136 and processor.size["shortest_edge"] == 3136
+    assert processor.size["longest_edge"] == 12544 and processor.size["shortest_edge"] == 3136
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir)
     assert model.config.image_token_id == 4012
     prompt = tokenizer.apply_chat_template(

@@ -106,6 +106,22 @@ def test_synthetic_is_deterministic_and_splits_differ(tmp_path):
     assert [r["prompt"] for r in rows[:4]] != held
 
 
+@pytest.mark.parametrize("trace", ["full", "brief"])
+def test_synthetic_teacher_traces_earn_full_reward(tmp_path, trace):
+    from urt_jax.rewards import accuracy_reward, format_reward
+
+    cfg = SyntheticConfig(image_size=28, num_frames=2, pointwise_fraction=0.5, trace=trace)
+    rows = [json.loads(x) for x in open(write_synthetic(str(tmp_path), 16, 1, 2, cfg)["train"])]
+    assert {r["mode"] for r in rows} == {"pairwise", "pointwise"}
+    for row in rows:
+        assert format_reward(row["reply"]) == 1.0 and accuracy_reward(row["reply"], row["verdict"])
+        scene = row["reply"].split("\n")[1]  # perception comes first
+        assert " shows " in scene, scene
+        assert ("Total score:" in row["reply"]) == (trace == "full" and row["mode"] == "pairwise")
+    with pytest.raises(ValueError, match="trace"):
+        SyntheticConfig(trace="long")
+
+
 def test_video_file_decodes_and_samples(tmp_path):
     frames = [np.full((56, 56, 3), 20 * i, np.uint8) for i in range(12)]
     path = str(tmp_path / "v.mp4")

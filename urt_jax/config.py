@@ -101,6 +101,7 @@ class RejectionSection:
     grpo_prompts: str = "any_wrong"  # "any_wrong" | "all_wrong"
     require_format: bool = True
     max_prompts: int | None = None
+    sft_max_steps: int | None = None  # steps of the second SFT (rs_sft); default train.max_steps
 
 
 @dataclasses.dataclass

@@ -11,6 +11,7 @@ registry as they land.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -303,7 +304,9 @@ def _stage_rs_sft(cfg: RunConfig, out: str, report: dict) -> None:
         report["rs_sft"] = {"skipped": f"{kept} correct samples, fewer than one batch"}
         _log(f"rs_sft: skipped, rejection sampling kept only {kept} samples")
         return
-    _sft_stage(cfg, out, report, "rs_sft", data, os.path.join(out, "sft", "hf"))
+    steps = cfg.rejection.sft_max_steps or cfg.train.max_steps
+    rs_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=steps))
+    _sft_stage(rs_cfg, out, report, "rs_sft", data, os.path.join(out, "sft", "hf"))
 
 
 def _stage_grpo(cfg: RunConfig, out: str, report: dict) -> None:

@@ -167,8 +167,14 @@ def teacher_pairwise(
             reasons[:1],
         )
     noun = {"image_generation": "Image", "video_generation": "Video"}.get(task, "Answer")
+    # brief traces give the reason before the score it leads to
+    line = (
+        "{i}. {dim}: {noun} 1 - {ra} ({a}/10); {noun} 2 - {rb} ({b}/10)"
+        if brief
+        else "{i}. {dim}: {noun} 1 ({a}/10) - {ra}; {noun} 2 ({b}/10) - {rb}"
+    )
     lines = list(observations) + [
-        f"{i + 1}. {dim}: {noun} 1 ({a}/10) - {ra}; {noun} 2 ({b}/10) - {rb}"
+        line.format(i=i + 1, dim=dim, noun=noun, a=a, b=b, ra=ra, rb=rb)
         for i, (dim, a, b, (ra, rb)) in enumerate(
             zip(dims, first_scores, second_scores, reasons, strict=True)
         )
@@ -197,7 +203,7 @@ def teacher_pointwise(
     if brief:
         dims, scores, reasons = dims[:1], scores[:1], reasons[:1]
     lines = list(observations) + [
-        f"{i + 1}. {d}: {s}/10 - {r}"
+        f"{i + 1}. {d}: {r} ({s}/10)" if brief else f"{i + 1}. {d}: {s}/10 - {r}"
         for i, (d, s, r) in enumerate(zip(dims, scores, reasons, strict=True))
     ]
     avg = round(sum(scores) / len(scores))
