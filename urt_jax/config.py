@@ -147,6 +147,15 @@ class RunConfig:
     )
 
 
+def options_from(cls: type, section: Any, **given: Any) -> Any:
+    """An options dataclass built from the config section's fields of the same names, with
+    ``given`` added or taking precedence (e.g. ``seed``, which lives at the top level)."""
+    shared = {f.name for f in dataclasses.fields(cls)} & {
+        f.name for f in dataclasses.fields(section)
+    }
+    return cls(**{n: getattr(section, n) for n in shared if n not in given}, **given)
+
+
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     for k in keys[:-1]:

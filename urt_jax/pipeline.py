@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from urt_jax.config import RunConfig, RunConfigError
+from urt_jax.config import RunConfig, RunConfigError, options_from
 from urt_jax.model.config import Qwen25VLConfig
 from urt_jax.model.hf import from_pretrained, save_pretrained
 from urt_jax.model.orbax_io import load_orbax, save_orbax
@@ -193,23 +193,26 @@ def _stage_sft(cfg: RunConfig, out: str, report: dict) -> None:
     _sft_stage(cfg, out, report, "sft", data, os.path.join(out, "init_hf"))
 
 
+def generation_setup(cfg: RunConfig, model_dir: str):
+    """(model, prompt-only example builder) for judging or sampling with the model in model_dir."""
+    model = from_pretrained(model_dir, dtype=cfg.model.dtype)
+    return model, _builder(cfg, model.config, include_reply=False)
+
+
+def _first(records, limit: int | None) -> list:
+    """The first ``limit`` records (all of them when limit is None)."""
+    n = len(records) if limit is None else min(limit, len(records))
+    return [records[i] for i in range(n)]
+
+
 def evaluate_model(cfg: RunConfig, model_dir: str, records, out_dir: str) -> dict:
     """Greedy judgements of the held-out records in both candidate orders; writes eval.json,
     eval.md and judgements.jsonl under out_dir and returns the summary."""
     from urt_jax.evaluate import EvalOptions, judge, summarize, write_report
 
-    model = from_pretrained(model_dir, dtype=cfg.model.dtype)
-    builder = _builder(cfg, model.config, include_reply=False)
-    e = cfg.eval
-    if e.max_items is not None:
-        records = [records[i] for i in range(min(e.max_items, len(records)))]
-    options = EvalOptions(
-        max_new_tokens=e.max_new_tokens,
-        batch_size=e.batch_size,
-        swap=e.swap,
-        mode=e.mode,
-        seed=cfg.seed,
-    )
+    model, builder = generation_setup(cfg, model_dir)
+    records = _first(records, cfg.eval.max_items)
+    options = options_from(EvalOptions, cfg.eval, seed=cfg.seed)
     judgements = judge(model, builder.tokenizer, records, builder, options)
     summary = summarize(judgements)
     write_report(summary, judgements, out_dir)
@@ -227,21 +230,9 @@ def rejection_sample(cfg: RunConfig, model_dir: str, records, data_root: str, ou
         write_released_formats,
     )
 
-    model = from_pretrained(model_dir, dtype=cfg.model.dtype)
-    builder = _builder(cfg, model.config, include_reply=False)
-    r = cfg.rejection
-    if r.max_prompts is not None:
-        records = [records[i] for i in range(min(r.max_prompts, len(records)))]
-    options = RejectionOptions(
-        samples_per_prompt=r.samples_per_prompt,
-        max_new_tokens=r.max_new_tokens,
-        temperature=r.temperature,
-        top_p=r.top_p,
-        batch_size=r.batch_size,
-        grpo_prompts=r.grpo_prompts,
-        require_format=r.require_format,
-        seed=cfg.seed,
-    )
+    model, builder = generation_setup(cfg, model_dir)
+    records = _first(records, cfg.rejection.max_prompts)
+    options = options_from(RejectionOptions, cfg.rejection, seed=cfg.seed)
     completions = generate_completions(model, builder.tokenizer, records, builder, options)
     sft, grpo, stats = split_samples(records, completions, options)
     write_released_formats(

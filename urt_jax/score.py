@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 
-from urt_jax.config import RunConfig
+from urt_jax.config import RunConfig, options_from
 from urt_jax.data.readers import read_records
 from urt_jax.data.records import RecordError
 
@@ -29,21 +29,12 @@ def score_file(
     cfg: RunConfig, model_dir: str, path: str, output: str, data_root: str | None = None
 ) -> dict:
     """Writes one judgement per item of ``path`` to ``output`` (JSONL); returns a summary."""
-    from urt_jax.data.examples import builder_from_config
     from urt_jax.evaluate import EvalOptions, judge
-    from urt_jax.model.hf import from_pretrained
+    from urt_jax.pipeline import generation_setup
 
     records = read_items(path, data_root)
-    model = from_pretrained(model_dir, dtype=cfg.model.dtype)
-    builder = builder_from_config(cfg.data, model.config, cfg.seed, include_reply=False)
-    e = cfg.eval
-    options = EvalOptions(
-        max_new_tokens=e.max_new_tokens,
-        batch_size=e.batch_size,
-        swap=False,
-        mode=e.mode,
-        seed=cfg.seed,
-    )
+    model, builder = generation_setup(cfg, model_dir)
+    options = options_from(EvalOptions, cfg.eval, swap=False, seed=cfg.seed)
     judgements = judge(model, builder.tokenizer, records, builder, options)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     labelled = correct = well_formed = 0

@@ -33,6 +33,31 @@ def processor_batch(examples: Sequence[dict], pad_id: int) -> dict[str, np.ndarr
     return batch
 
 
+def end_of_turn_ids(tokenizer) -> list[int]:
+    return [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+
+
+def prompt_examples(
+    records: Sequence[PreferenceRecord], to_example, prefix_ids: np.ndarray | None = None
+) -> list[dict]:
+    """Prompt-only examples (the records' replies ignored), each followed by ``prefix_ids``."""
+    examples = []
+    for record in records:
+        e = to_example(dataclasses.replace(record, reply=None))
+        if prefix_ids is not None:
+            e["input_ids"] = np.concatenate([e["input_ids"], prefix_ids]).astype(np.int32)
+        examples.append(e)
+    return examples
+
+
+def completion_texts(tokenizer, out, prefix: str = "") -> list[str]:
+    """The sampled completions of a SampleOutput as text, special tokens dropped."""
+    return [
+        prefix + tokenizer.decode(t[:n], skip_special_tokens=True)
+        for t, n in zip(out.tokens, out.lengths, strict=True)
+    ]
+
+
 def complete(
     model,
     tokenizer,
@@ -53,16 +78,12 @@ def complete(
     from urt_jax.generate.sampler import sample
 
     prefix_ids = np.asarray(tokenizer(reply_prefix, add_special_tokens=False)["input_ids"])
-    eos = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    eos = end_of_turn_ids(tokenizer)
     pad = tokenizer.pad_token_id or 0
     out: list[list[str]] = []
     for start in range(0, len(records), batch_size):
         chunk = [records[i] for i in range(start, min(start + batch_size, len(records)))]
-        examples = []
-        for record in chunk:
-            e = to_example(dataclasses.replace(record, reply=None))
-            e["input_ids"] = np.concatenate([e["input_ids"], prefix_ids]).astype(np.int32)
-            examples.append(e)
+        examples = prompt_examples(chunk, to_example, prefix_ids)
         gen = sample(
             model,
             processor_batch(examples, pad),
@@ -73,9 +94,6 @@ def complete(
             eos_token_ids=eos,
             seed=seed + start,
         )
-        texts = [
-            reply_prefix + tokenizer.decode(t[:n], skip_special_tokens=True)
-            for t, n in zip(gen.tokens, gen.lengths, strict=True)
-        ]
+        texts = completion_texts(tokenizer, gen, reply_prefix)
         out += [texts[i * num_samples : (i + 1) * num_samples] for i in range(len(chunk))]
     return out

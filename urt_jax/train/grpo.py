@@ -23,10 +23,15 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from urt_jax.config import GRPOSection, TrainSection
+from urt_jax.config import GRPOSection, TrainSection, options_from
 from urt_jax.data.batching import pow2_at_least
 from urt_jax.data.records import PreferenceRecord
-from urt_jax.generate.prompts import processor_batch
+from urt_jax.generate.prompts import (
+    completion_texts,
+    end_of_turn_ids,
+    processor_batch,
+    prompt_examples,
+)
 from urt_jax.generate.sampler import sample
 from urt_jax.model.inputs import ModelInputs, prepare_inputs
 from urt_jax.model.qwen2_5_vl import Qwen25VL
@@ -48,20 +53,6 @@ VISION_KEYS = (
     "video_grid_thw",
     "second_per_grid_ts",
 )
-
-
-def loss_config(g: GRPOSection) -> GRPOLossConfig:
-    return GRPOLossConfig(
-        beta=g.beta,
-        clip_eps_low=g.clip_eps_low,
-        clip_eps_high=g.clip_eps_high,
-        kl_estimator=g.kl_estimator,
-        kl_clamp=g.kl_clamp,
-        aggregation=g.aggregation,
-        advantage_std=g.advantage_std,
-        advantage_eps=g.advantage_eps,
-        advantage_scale=g.advantage_scale,
-    )
 
 
 def optimizer_settings(train: TrainSection, g: GRPOSection) -> TrainSection:
@@ -111,8 +102,8 @@ def rollout(
     """G completions per prompt from the current policy, their rewards and group advantages."""
     t0 = time.perf_counter()
     pad = tokenizer.pad_token_id or 0
-    eos = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
-    examples = [to_example(dataclasses.replace(r, reply=None)) for r in records]
+    eos = end_of_turn_ids(tokenizer)
+    examples = prompt_examples(records, to_example)
     batch = processor_batch(examples, pad)
     out = sample(
         model,
@@ -126,10 +117,7 @@ def rollout(
         pad_id=pad,
     )
     sampling_seconds = time.perf_counter() - t0
-    texts = [
-        tokenizer.decode(t[:n], skip_special_tokens=True)
-        for t, n in zip(out.tokens, out.lengths, strict=True)
-    ]
+    texts = completion_texts(tokenizer, out)
     solutions = [r.verdict for r in records for _ in range(g.num_generations)]
     total, parts = compute_rewards(rewards, texts, solutions)
     advantages = np.asarray(
@@ -180,7 +168,7 @@ class GRPOTrainer:
     ):
         self.mesh, self.g = mesh, g
         self.train = optimizer_settings(train, g)
-        self.loss_cfg = loss_config(g)
+        self.loss_cfg = options_from(GRPOLossConfig, g)
         self.rewards = parse_reward_specs(g.rewards)
         self.config = model.config
         self.graphdef, params, self.frozen = nnx.split(

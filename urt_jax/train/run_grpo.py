@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -103,8 +104,6 @@ def run_grpo(
 
 def _append_completions(path: str, step: int, records, rollouts, group: int) -> None:
     """Every sampled completion with its rewards, for reading what the policy does."""
-    import json
-
     with open(path, "a") as f:
         for i, text in enumerate(rollouts.texts):
             record = records[i // group]
