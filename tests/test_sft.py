@@ -21,7 +21,7 @@ from urt_jax.model.config import Qwen25VLConfig
 from urt_jax.sharding.init import init_model
 from urt_jax.sharding.mesh import MeshConfig, make_mesh
 from urt_jax.sharding.rules import logical_to_spec
-from urt_jax.train.loss import masked_nll
+from urt_jax.train.loss import target_nll
 from urt_jax.train.sft import NonFiniteLossError, SFTTrainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,7 +116,11 @@ def test_accumulation_equals_one_big_batch(setup):
                 window_index=x.window_index[sl],
                 frame_index=x.frame_index[sl],
             )
-            halves.append(dataclasses.replace(b, inputs=inputs, loss_mask=b.loss_mask[sl]))
+            halves.append(
+                dataclasses.replace(
+                    b, inputs=inputs, loss_mask=b.loss_mask[sl], target_index=b.target_index[sl]
+                )
+            )
     _, whole = _train(config, batches[:1], (2, 2, 1), steps=2)
     _, accumulated = _train(config, halves, (2, 2, 1), steps=2, accum=2)
     np.testing.assert_allclose(accumulated, whole, rtol=1e-5)
@@ -128,8 +132,12 @@ def test_loss_is_cross_entropy_on_assistant_tokens_only(setup):
     model = init_model(config, seed=1)
     inputs = jax.tree.map(jnp.asarray, batch.inputs)
     logits = np.asarray(model.forward(inputs), np.float64)
-    ids, mask = batch.inputs.input_ids, batch.loss_mask
-    total, count = masked_nll(jnp.asarray(logits, jnp.float32), ids, mask)
+    hidden = model.hidden_states(inputs)
+    ids, mask, index = batch.inputs.input_ids, batch.loss_mask, batch.target_index
+    # the target slots hold exactly the loss-mask positions, in order, padded with 0
+    for row in range(len(ids)):
+        np.testing.assert_array_equal(index[row][index[row] > 0], np.flatnonzero(mask[row]))
+    total, count = target_nll(hidden, jnp.asarray(ids), jnp.asarray(index), model.logits)
     # direct numpy cross-entropy over the target tokens
     logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
     logp -= logits.max(-1, keepdims=True)
@@ -138,7 +146,7 @@ def test_loss_is_cross_entropy_on_assistant_tokens_only(setup):
     np.testing.assert_allclose(float(total) / float(count), np.mean(want), rtol=1e-5)
     # labels of prompt (non-target) tokens do not matter
     scrambled = np.where(mask, ids, np.random.default_rng(0).integers(0, 4000, ids.shape))
-    total2, _ = masked_nll(jnp.asarray(logits, jnp.float32), scrambled, mask)
+    total2, _ = target_nll(hidden, jnp.asarray(scrambled), jnp.asarray(index), model.logits)
     assert float(total2) == float(total)
 
 

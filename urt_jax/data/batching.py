@@ -24,6 +24,7 @@ class Buckets:
     min_windows: int = 4
     min_frames: int = 2
     min_frame_len: int = 16
+    min_targets: int = 64  # target tokens per row (the reply), rounded up to a power of two
 
     def length(self, n: int) -> int:
         for b in sorted(self.lengths):
@@ -42,6 +43,7 @@ def pow2_at_least(n: int, minimum: int) -> int:
 class Batch:
     inputs: ModelInputs  # numpy; jax.tree.map(jnp.asarray, ...) before a jitted call
     loss_mask: np.ndarray  # [B, T] bool, aligned with input_ids (token t is a target)
+    target_index: np.ndarray  # [B, K] int32: positions of each row's targets, padded with 0
     rope_deltas: np.ndarray  # [B]
     prompt_lengths: np.ndarray  # [B]
     verdicts: list[str]
@@ -95,6 +97,7 @@ def collate(
     return Batch(
         inputs,
         loss,
+        target_positions(loss, buckets.min_targets),
         deltas,
         np.asarray([int(e.get("prompt_length", 0)) for e in examples], np.int32),
         [str(e.get("verdict", "")) for e in examples],
@@ -102,14 +105,29 @@ def collate(
     )
 
 
+def target_positions(loss_mask: np.ndarray, minimum: int) -> np.ndarray:
+    """[B, K] positions of the True entries of each row of loss_mask [B, T], in order, padded with
+    0; K is the most per row rounded up to a power of two (at least ``minimum``, at most T)."""
+    counts = loss_mask.sum(axis=1)
+    k = min(pow2_at_least(int(counts.max(initial=0)), minimum), loss_mask.shape[1])
+    out = np.zeros((loss_mask.shape[0], k), np.int32)
+    for row, mask in enumerate(loss_mask):
+        where = np.flatnonzero(mask)
+        out[row, : len(where)] = where
+    return out
+
+
 def batch_sizes(batch: Batch) -> np.ndarray:
-    """[T, patches, windows, frames, frame_len] of a batch (0 where it has no vision input)."""
+    """[T, K, patches, windows, frames, frame_len] of a batch (K: target slots per row; 0 where
+    it has no vision input)."""
     x = batch.inputs
+    t, k = x.input_ids.shape[1], batch.target_index.shape[1]
     if x.pixel_values is None:
-        return np.array([x.input_ids.shape[1], 0, 0, 0, 0], np.int64)
+        return np.array([t, k, 0, 0, 0, 0], np.int64)
     return np.array(
         [
-            x.input_ids.shape[1],
+            t,
+            k,
             x.pixel_values.shape[1],
             x.window_index.shape[1],
             x.frame_index.shape[1],
@@ -122,7 +140,7 @@ def batch_sizes(batch: Batch) -> np.ndarray:
 def pad_batch(batch: Batch, sizes: np.ndarray, config: Qwen25VLConfig, pad_id: int = 0) -> Batch:
     """The batch padded to ``sizes`` (from batch_sizes; each >= the batch's own), e.g. so that
     every process of a multi-host run feeds arrays of the same global shape."""
-    t, n, sw, sf, lf = (int(s) for s in sizes)
+    t, k, n, sw, sf, lf = (int(s) for s in sizes)
     x = batch.inputs
     b, t0 = x.input_ids.shape
 
@@ -155,4 +173,9 @@ def pad_batch(batch: Batch, sizes: np.ndarray, config: Qwen25VLConfig, pad_id: i
         inputs.rot_pos = grow(rot, (b, n, 2), 0)
         inputs.window_index = grow(win.astype(np.int32), (b, sw, w_len), n)
         inputs.frame_index = grow(frm.astype(np.int32), (b, sf, lf), n)
-    return dataclasses.replace(batch, inputs=inputs, loss_mask=grow(batch.loss_mask, (b, t), False))
+    return dataclasses.replace(
+        batch,
+        inputs=inputs,
+        loss_mask=grow(batch.loss_mask, (b, t), False),
+        target_index=grow(batch.target_index, (b, k), 0),
+    )

@@ -38,6 +38,7 @@ from urt_jax.model.qwen2_5_vl import Qwen25VL
 from urt_jax.rewards import RewardSpec, compute_rewards, parse_reward_specs
 from urt_jax.sharding.mesh import replicated as replicated_sharding
 from urt_jax.train.grpo_loss import GRPOLossConfig, group_advantages, grpo_loss
+from urt_jax.train.loss import target_log_probs
 from urt_jax.train.optim import (
     apply_if_finite,
     init_train_state,
@@ -66,10 +67,14 @@ def optimizer_settings(train: TrainSection, g: GRPOSection) -> TrainSection:
     )
 
 
-def completion_log_probs(logits: jax.Array, input_ids: jax.Array, prompt_length: int) -> jax.Array:
-    """log p(completion token j) = log_softmax(logits[:, P - 1 + j])[ids[:, P + j]]: [R, N]."""
-    logp = jax.nn.log_softmax(logits[:, prompt_length - 1 : -1].astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(logp, input_ids[:, prompt_length:, None], axis=-1)[..., 0]
+def completion_log_probs(model: Qwen25VL, inputs: ModelInputs, prompt_length: int) -> jax.Array:
+    """log p(completion token j) for the tokens from column P on: [R, N] (LM head on those
+    positions only)."""
+    rows, total = inputs.input_ids.shape
+    index = jnp.broadcast_to(
+        jnp.arange(prompt_length, total, dtype=jnp.int32), (rows, total - prompt_length)
+    )
+    return target_log_probs(model.hidden_states(inputs), inputs.input_ids, index, model.logits)
 
 
 # ----------------------------------------------------------------------------- rollouts
@@ -192,7 +197,7 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ jitted pieces
     def _logprobs_fn(self, params, frozen, inputs: ModelInputs, prompt_length: int):
         model = nnx.merge(self.graphdef, params, frozen)
-        return completion_log_probs(model.forward(inputs), inputs.input_ids, prompt_length)
+        return completion_log_probs(model, inputs, prompt_length)
 
     def _update_fn(
         self, state, frozen, inputs, mask, advantages, old_logp, ref_logp, *, prompt_length: int

@@ -26,7 +26,7 @@ from urt_jax.model.inputs import ModelInputs
 from urt_jax.model.qwen2_5_vl import Qwen25VL
 from urt_jax.sharding.mesh import BATCH_AXES
 from urt_jax.sharding.mesh import replicated as replicated_sharding
-from urt_jax.train.loss import masked_nll
+from urt_jax.train.loss import target_nll
 from urt_jax.train.optim import (
     apply_if_finite,
     init_train_state,
@@ -60,7 +60,7 @@ def put_global(mesh: Mesh, array: np.ndarray, batch_axis: int | None) -> jax.Arr
 
 def shard_batch(mesh: Mesh, batch: Batch) -> tuple[ModelInputs, jax.Array]:
     inputs = batch.inputs.map_with_batch_axis(lambda a, axis: put_global(mesh, a, axis))
-    return inputs, put_global(mesh, batch.loss_mask, 0)
+    return inputs, put_global(mesh, batch.target_index, 0)
 
 
 def agree_across_processes(batch: Batch, config, pad_id: int = 0) -> Batch:
@@ -115,14 +115,15 @@ class SFTTrainer:
         self.num_frozen = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.frozen))
 
     # ------------------------------------------------------------------ jitted pieces
-    def _loss_sum(self, params, frozen, inputs: ModelInputs, loss_mask):
+    def _loss_sum(self, params, frozen, inputs: ModelInputs, target_index):
         model = nnx.merge(self.graphdef, params, frozen)
-        return masked_nll(model.forward(inputs), inputs.input_ids, loss_mask)
+        hidden = model.hidden_states(inputs)
+        return target_nll(hidden, inputs.input_ids, target_index, model.logits)
 
-    def _accumulate_fn(self, acc, params, frozen, inputs, loss_mask):
+    def _accumulate_fn(self, acc, params, frozen, inputs, target_index):
         grads_acc, loss_acc, count_acc = acc
         (loss_sum, count), grads = jax.value_and_grad(self._loss_sum, has_aux=True)(
-            params, frozen, inputs, loss_mask
+            params, frozen, inputs, target_index
         )
         return (jax.tree.map(jnp.add, grads_acc, grads), loss_acc + loss_sum, count_acc + count)
 
@@ -161,8 +162,8 @@ class SFTTrainer:
         tokens = 0
         for batch in micro_batches:
             batch = agree_across_processes(batch, self.config)
-            inputs, loss_mask = shard_batch(self.mesh, batch)
-            acc = self._accumulate(acc, self.state["params"], self.frozen, inputs, loss_mask)
+            inputs, target_index = shard_batch(self.mesh, batch)
+            acc = self._accumulate(acc, self.state["params"], self.frozen, inputs, target_index)
             tokens += int(np.asarray(batch.inputs.attention_mask).sum())
         self.state, metrics = self._apply(self.state, *acc)
         metrics = {k: np.asarray(v) for k, v in metrics.items()}
