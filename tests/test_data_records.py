@@ -115,8 +115,11 @@ def test_synthetic_teacher_traces_earn_full_reward(tmp_path, trace):
     assert {r["mode"] for r in rows} == {"pairwise", "pointwise"}
     for row in rows:
         assert format_reward(row["reply"]) == 1.0 and accuracy_reward(row["reply"], row["verdict"])
-        scene = row["reply"].split("\n")[1]  # perception comes first
-        assert " shows " in scene, scene
+        think = row["reply"].split("</think>")[0]
+        assert " shows " in think, think  # what is seen is stated before the verdict
+        if trace == "brief" and row["mode"] == "pairwise":
+            # one step per line: every candidate seen and compared with the caption / the image
+            assert sum(line.endswith(".") for line in think.split("\n")[1:]) == 3, think
         assert ("Total score:" in row["reply"]) == (trace == "full" and row["mode"] == "pairwise")
     with pytest.raises(ValueError, match="trace"):
         SyntheticConfig(trace="long")

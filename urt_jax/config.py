@@ -37,7 +37,9 @@ class SyntheticSection:
     image_size: int = 56
     num_frames: int = 4
     pointwise_fraction: float = 0.0
-    trace: str = "full"  # teacher traces: "full" (every dimension, totals) or "brief"
+    trace: str = (
+        "full"  # teacher traces: "full" (every dimension, totals) or "brief" (see synthetic)
+    )
 
 
 @dataclasses.dataclass

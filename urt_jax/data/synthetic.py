@@ -34,6 +34,7 @@ SHAPES = ("circle", "square", "triangle")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 BACKGROUNDS = {"white": (245, 245, 245), "gray": (128, 128, 128), "black": (15, 15, 15)}
 COUNT_WORDS = {1: "a", 2: "two"}
+NUMBER_WORDS = {1: "one", 2: "two"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +60,7 @@ class SyntheticConfig:
     fps: float = 2.0
     tasks: tuple[str, ...] = TASKS
     pointwise_fraction: float = 0.0
-    trace: str = "full"  # "full": every dimension and the totals; "brief": the first dimension
+    trace: str = "full"  # "full": every dimension and the totals; "brief": one step per line
 
     def __post_init__(self):
         if self.trace not in ("full", "brief"):
@@ -154,43 +155,39 @@ def teacher_pairwise(
     dims: list[str],
     reasons: list[tuple[str, str]],
     observations: list[str] = (),
-    brief: bool = False,
 ) -> str:
     """A CoT trace in the released format: what is seen first (perception before judgement),
-    then per-dimension scores, totals, the verdict. ``brief``: the first dimension only, no
-    totals (the verdict is the same: the first dimension's gap decides it)."""
-    if brief:
-        dims, first_scores, second_scores, reasons = (
-            dims[:1],
-            first_scores[:1],
-            second_scores[:1],
-            reasons[:1],
-        )
+    then per-dimension scores, totals, the verdict."""
     noun = {"image_generation": "Image", "video_generation": "Video"}.get(task, "Answer")
-    # brief traces give the reason before the score it leads to
-    line = (
-        "{i}. {dim}: {noun} 1 - {ra} ({a}/10); {noun} 2 - {rb} ({b}/10)"
-        if brief
-        else "{i}. {dim}: {noun} 1 ({a}/10) - {ra}; {noun} 2 ({b}/10) - {rb}"
-    )
     lines = list(observations) + [
-        line.format(i=i + 1, dim=dim, noun=noun, a=a, b=b, ra=ra, rb=rb)
+        f"{i + 1}. {dim}: {noun} 1 ({a}/10) - {ra}; {noun} 2 ({b}/10) - {rb}"
         for i, (dim, a, b, (ra, rb)) in enumerate(
             zip(dims, first_scores, second_scores, reasons, strict=True)
         )
     ]
     t1, t2 = sum(first_scores), sum(second_scores)
-    lines += (
-        []
-        if brief
-        else [
-            "Total score:",
-            f"{noun} 1: {'+'.join(map(str, first_scores))}={t1}",
-            f"{noun} 2: {'+'.join(map(str, second_scores))}={t2}",
-        ]
-    )
-    verdict = PAIRWISE_VERDICTS[task][0 if t1 > t2 else 1]
+    lines += [
+        "Total score:",
+        f"{noun} 1: {'+'.join(map(str, first_scores))}={t1}",
+        f"{noun} 2: {'+'.join(map(str, second_scores))}={t2}",
+    ]
+    return _think_answer(lines, PAIRWISE_VERDICTS[task][0 if t1 > t2 else 1])
+
+
+def _think_answer(lines: list[str], verdict: str) -> str:
     return "<think>\n" + "\n".join(lines) + f"\n</think>\n<answer>{verdict}</answer>"
+
+
+def _brief_generation(noun: str, target: Scene, pair: list[Scene], attr: str, verdict: str) -> str:
+    """A brief trace, one short step per line: the caption restated, then each candidate as seen
+    and compared with it (the attribute that differs, named), then the verdict. Every step reads
+    something a few tokens back, which a small model learns far sooner than the full trace."""
+    lines = [f"The caption asks for {_describe(target)}."] + [
+        f"{noun} {k + 1} shows {_describe(c)}"
+        + (", as the caption asks." if c == target else f": {_reason(c, target, attr)}.")
+        for k, c in enumerate(pair)
+    ]
+    return _think_answer(lines, verdict)
 
 
 def teacher_pointwise(
@@ -264,20 +261,21 @@ def make_item(
             verdict = reply.rsplit("<answer>", 1)[1].removesuffix("</answer>")
             mode = "pointwise"
         else:
-            s = [[semantic[c == scene], _quality(rng), _quality(rng)] for c in pair]
-            reasons = [
-                (_reason(pair[0], scene, attr), _reason(pair[1], scene, attr)),
-                ("balanced composition", "balanced composition"),
-                ("clean shapes", "clean shapes"),
-            ]
-            observations = [
-                " ".join(_shows(f"{noun} {k + 1}", c) for k, c in enumerate(pair)),
-                f"The caption asks for {_describe(scene)}.",
-            ]
-            reply = teacher_pairwise(
-                task, s[0], s[1], _GEN_DIMS[task], reasons, observations, cfg.trace == "brief"
-            )
             verdict = PAIRWISE_VERDICTS[task][0 if good_first else 1]
+            if cfg.trace == "brief":
+                reply = _brief_generation(noun, scene, pair, attr, verdict)
+            else:
+                s = [[semantic[c == scene], _quality(rng), _quality(rng)] for c in pair]
+                reasons = [
+                    (_reason(pair[0], scene, attr), _reason(pair[1], scene, attr)),
+                    ("balanced composition", "balanced composition"),
+                    ("clean shapes", "clean shapes"),
+                ]
+                observations = [
+                    " ".join(_shows(f"{noun} {k + 1}", c) for k, c in enumerate(pair)),
+                    f"The caption asks for {_describe(scene)}.",
+                ]
+                reply = teacher_pairwise(task, s[0], s[1], _GEN_DIMS[task], reasons, observations)
             assert reply.endswith(f"<answer>{verdict}</answer>")
             mode = "pairwise"
         return {
@@ -293,23 +291,33 @@ def make_item(
         }
     # understanding: a question about one scene, a correct and a wrong answer
     path = _write_media(scene, f"{item_id}-0", video, cfg, media_dir, rng.randrange(2**31))
-    question, right, wrong = _question(scene, rng)
+    question, (right, right_key), (wrong, wrong_key) = _question(scene, rng)
     good_first = rng.random() < 0.5
     answers = [right, wrong] if good_first else [wrong, right]
-    acc = {True: rng.choice((8, 9, 10)), False: rng.choice((1, 2, 3))}
-    s = [[acc[a == right], acc[a == right], _quality(rng)] for a in answers]
-    why = [
-        "agrees with what is shown" if a == right else "contradicts what is shown" for a in answers
-    ]
-    reply = teacher_pairwise(
-        task,
-        s[0],
-        s[1],
-        _UND_DIMS,
-        [(why[0], why[1]), (why[0], why[1]), ("clear", "clear")],
-        [_shows("The video" if video else "The image", scene)],
-        brief=cfg.trace == "brief",
-    )
+    seen = _shows("The video" if video else "The image", scene)
+    if cfg.trace == "brief":
+        keys = [right_key, wrong_key] if good_first else [wrong_key, right_key]
+        lines = [seen] + [
+            f"Answer {k + 1} says {key}, which is {'right' if a == right else 'wrong'}."
+            for k, (a, key) in enumerate(zip(answers, keys, strict=True))
+        ]
+        verdict = PAIRWISE_VERDICTS[task][0 if good_first else 1]
+        reply = _think_answer(lines, verdict)
+    else:
+        acc = {True: rng.choice((8, 9, 10)), False: rng.choice((1, 2, 3))}
+        s = [[acc[a == right], acc[a == right], _quality(rng)] for a in answers]
+        why = [
+            "agrees with what is shown" if a == right else "contradicts what is shown"
+            for a in answers
+        ]
+        reply = teacher_pairwise(
+            task,
+            s[0],
+            s[1],
+            _UND_DIMS,
+            [(why[0], why[1]), (why[0], why[1]), ("clear", "clear")],
+            [seen],
+        )
     return {
         "id": item_id,
         "task": task,
@@ -342,19 +350,33 @@ def _reason(candidate: Scene, target: Scene, attr: str) -> str:
     return f"the {attr} is {got}, not {wanted}"
 
 
-def _question(scene: Scene, rng: random.Random) -> tuple[str, str, str]:
+def _question(scene: Scene, rng: random.Random) -> tuple[str, tuple[str, str], tuple[str, str]]:
+    """A question about the scene, its right and a wrong answer, each with the word that decides
+    it (what a brief trace compares with what is shown)."""
     kinds = ["color", "shape", "count"] + (["direction"] if scene.direction else [])
     kind = rng.choice(kinds)
     if kind == "color":
         wrong = rng.choice([c for c in COLORS if c != scene.color])
-        return ("What colour are the shapes?", f"They are {scene.color}.", f"They are {wrong}.")
+        return (
+            "What colour are the shapes?",
+            (f"They are {scene.color}.", scene.color),
+            (f"They are {wrong}.", wrong),
+        )
     if kind == "shape":
         wrong = rng.choice([s for s in SHAPES if s != scene.shape])
-        return ("What shape is drawn?", f"A {scene.shape}.", f"A {wrong}.")
+        return ("What shape is drawn?", (f"A {scene.shape}.", scene.shape), (f"A {wrong}.", wrong))
     if kind == "count":
-        return ("How many shapes are there?", f"{scene.count}.", f"{3 - scene.count}.")
+        return (
+            "How many shapes are there?",
+            (f"{scene.count}.", NUMBER_WORDS[scene.count]),
+            (f"{3 - scene.count}.", NUMBER_WORDS[3 - scene.count]),
+        )
     wrong = rng.choice([d for d in DIRECTIONS if d != scene.direction])
-    return ("Which way do the shapes move?", f"They move {scene.direction}.", f"They move {wrong}.")
+    return (
+        "Which way do the shapes move?",
+        (f"They move {scene.direction}.", scene.direction),
+        (f"They move {wrong}.", wrong),
+    )
 
 
 def _write_media(
