@@ -66,9 +66,9 @@ def setup(tmp_path_factory):
     return config, batches
 
 
-def _train(config, batches, mesh_shape, steps=3, train=TRAIN, accum=1):
+def _train(config, batches, mesh_shape, steps=3, train=TRAIN, accum=1, remat="none"):
     mesh = make_mesh(MeshConfig(*mesh_shape))
-    trainer = SFTTrainer(init_model(config, seed=0, mesh=mesh), mesh, train, steps)
+    trainer = SFTTrainer(init_model(config, seed=0, mesh=mesh, remat=remat), mesh, train, steps)
     losses = []
     for i in range(steps):
         micro = [batches[(i * accum + k) % len(batches)] for k in range(accum)]
@@ -84,10 +84,14 @@ def test_same_losses_on_every_mesh(setup):
     for shape in ((2, 2, 2), (1, 4, 2), (8, 1, 1)):
         trainer, losses = _train(config, batches, shape)
         np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, err_msg=str(shape))
+        moments = trainer.state["opt_state"][1][0]  # chain(clip, adamw): adam's (mu, nu)
         for path, var in nnx.to_flat_state(trainer.state["params"]):
             value = var.get_value()
             want = logical_to_spec(var.get_metadata()["logical_axes"], value.shape, trainer.mesh)
             assert value.sharding.spec == want, (shape, path)
+            for moment in (moments.mu, moments.nu):  # Adam state is sharded like its parameter
+                got = dict(nnx.to_flat_state(moment))[path].get_value().sharding.spec
+                assert got == want, (shape, path)
             np.testing.assert_allclose(
                 np.asarray(value),
                 np.asarray(ref_params[path].get_value()),
@@ -97,6 +101,14 @@ def test_same_losses_on_every_mesh(setup):
                 atol=1e-4,
                 err_msg=str((shape, path)),
             )
+
+
+def test_remat_with_frozen_vision_trains_the_same(setup):
+    # the pod configs rematerialise every block while the vision tower stays frozen
+    config, batches = setup
+    _, plain = _train(config, batches, (1, 2, 1), steps=2)
+    _, remat = _train(config, batches, (1, 2, 1), steps=2, remat="full")
+    np.testing.assert_allclose(remat, plain, rtol=1e-5)
 
 
 def test_accumulation_equals_one_big_batch(setup):

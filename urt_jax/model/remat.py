@@ -25,17 +25,19 @@ def check_remat(name: str) -> str:
     return name
 
 
-def maybe_remat(fn: Callable, policy: str) -> Callable:
-    """``fn(module, *args)`` wrapped in nnx.remat with the named policy ('none' = unchanged)."""
+def call_block(block: nnx.Module, policy: str, *args):
+    """``block(*args)``, rematerialised with the named policy ('none' = a plain call).
+
+    The block's state is passed to ``jax.checkpoint`` as an argument and merged back inside,
+    so a block whose parameters are frozen (held outside the traced trainable state, like the
+    vision tower in SFT) is rematerialised like any other."""
     if policy == "none":
-        return fn
-    return nnx.remat(fn, policy=REMAT_POLICIES[check_remat(policy)], prevent_cse=True)
+        return block(*args)
+    graphdef, state = nnx.split(block)
 
+    def pure(state, *args):
+        return nnx.merge(graphdef, state)(*args)
 
-def call_block(block, policy: str, *args):
-    """``block(*args)``, rematerialised with the named policy."""
-    return maybe_remat(_call, policy)(block, *args)
-
-
-def _call(block, *args):
-    return block(*args)
+    return jax.checkpoint(pure, policy=REMAT_POLICIES[check_remat(policy)], prevent_cse=True)(
+        state, *args
+    )
