@@ -116,10 +116,14 @@ def test_synthetic_teacher_traces_earn_full_reward(tmp_path, trace):
     for row in rows:
         assert format_reward(row["reply"]) == 1.0 and accuracy_reward(row["reply"], row["verdict"])
         think = row["reply"].split("</think>")[0]
-        assert " shows " in think, think  # what is seen is stated before the verdict
-        if trace == "brief" and row["mode"] == "pairwise":
-            # one step per line: every candidate seen and compared with the caption / the image
-            assert sum(line.endswith(".") for line in think.split("\n")[1:]) == 3, think
+        if trace == "full":
+            assert " shows " in think, think  # what is seen is stated before the verdict
+        elif row["mode"] == "pairwise":
+            # each judgement sits right after the value it judges; the loser is named last
+            lines = think.split("\n")[1:-1]
+            assert all(" agrees" in x or " contradicts" in x for x in lines), think
+            loser = lines[-1].split(" contradicts")[0].split()[-1]
+            assert row["verdict"].split()[1] != loser, (row["verdict"], think)
         assert ("Total score:" in row["reply"]) == (trace == "full" and row["mode"] == "pairwise")
     with pytest.raises(ValueError, match="trace"):
         SyntheticConfig(trace="long")

@@ -178,15 +178,26 @@ def _think_answer(lines: list[str], verdict: str) -> str:
     return "<think>\n" + "\n".join(lines) + f"\n</think>\n<answer>{verdict}</answer>"
 
 
-def _brief_generation(noun: str, target: Scene, pair: list[Scene], attr: str, verdict: str) -> str:
-    """A brief trace, one short step per line: the caption restated, then each candidate as seen
-    and compared with it (the attribute that differs, named), then the verdict. Every step reads
-    something a few tokens back, which a small model learns far sooner than the full trace."""
-    lines = [f"The caption asks for {_describe(target)}."] + [
-        f"{noun} {k + 1} shows {_describe(c)}"
-        + (", as the caption asks." if c == target else f": {_reason(c, target, attr)}.")
-        for k, c in enumerate(pair)
-    ]
+def _value(scene: Scene, attr: str) -> str:
+    value = getattr(scene, attr)
+    return NUMBER_WORDS[value] if attr == "count" else value
+
+
+def _compare(attr: str, reference: str, values: list[str]) -> str:
+    """'color blue: blue agrees, green contradicts.': a reference value, then each candidate's
+    value with its judgement right after it (two words a few tokens apart)."""
+    judged = ", ".join(f"{v} {'agrees' if v == reference else 'contradicts'}" for v in values)
+    return f"{attr} {reference}: {judged}."
+
+
+def _brief_generation(noun: str, target: Scene, pair: list[Scene], verdict: str) -> str:
+    """A brief trace: one line per attribute with the caption's value, then each candidate's
+    value as seen and whether it agrees; then the candidate that contradicts the caption. Every
+    judgement compares two words a few tokens apart, which a small model trained from scratch
+    learns far sooner than comparing whole descriptions."""
+    attrs = ["color", "shape", "count"] + (["direction"] if target.direction else [])
+    lines = [_compare(a, _value(target, a), [_value(c, a) for c in pair]) for a in attrs]
+    lines.append(f"{noun} {1 if pair[0] != target else 2} contradicts the caption.")
     return _think_answer(lines, verdict)
 
 
@@ -263,7 +274,7 @@ def make_item(
         else:
             verdict = PAIRWISE_VERDICTS[task][0 if good_first else 1]
             if cfg.trace == "brief":
-                reply = _brief_generation(noun, scene, pair, attr, verdict)
+                reply = _brief_generation(noun, scene, pair, verdict)
             else:
                 s = [[semantic[c == scene], _quality(rng), _quality(rng)] for c in pair]
                 reasons = [
@@ -291,15 +302,16 @@ def make_item(
         }
     # understanding: a question about one scene, a correct and a wrong answer
     path = _write_media(scene, f"{item_id}-0", video, cfg, media_dir, rng.randrange(2**31))
-    question, (right, right_key), (wrong, wrong_key) = _question(scene, rng)
+    kind, question, (right, right_key), (wrong, wrong_key) = _question(scene, rng)
     good_first = rng.random() < 0.5
     answers = [right, wrong] if good_first else [wrong, right]
     seen = _shows("The video" if video else "The image", scene)
     if cfg.trace == "brief":
         keys = [right_key, wrong_key] if good_first else [wrong_key, right_key]
-        lines = [seen] + [
-            f"Answer {k + 1} says {key}, which is {'right' if a == right else 'wrong'}."
-            for k, (a, key) in enumerate(zip(answers, keys, strict=True))
+        # the attribute asked about as seen, then each answer's word and whether it agrees
+        lines = [
+            _compare(kind, _value(scene, kind), keys),
+            f"Answer {2 if good_first else 1} contradicts the {'video' if video else 'image'}.",
         ]
         verdict = PAIRWISE_VERDICTS[task][0 if good_first else 1]
         reply = _think_answer(lines, verdict)
@@ -350,29 +362,39 @@ def _reason(candidate: Scene, target: Scene, attr: str) -> str:
     return f"the {attr} is {got}, not {wanted}"
 
 
-def _question(scene: Scene, rng: random.Random) -> tuple[str, tuple[str, str], tuple[str, str]]:
-    """A question about the scene, its right and a wrong answer, each with the word that decides
-    it (what a brief trace compares with what is shown)."""
+def _question(
+    scene: Scene, rng: random.Random
+) -> tuple[str, str, tuple[str, str], tuple[str, str]]:
+    """The attribute asked about, the question, its right and a wrong answer, each with the word
+    that decides it (what a brief trace compares with what is shown)."""
     kinds = ["color", "shape", "count"] + (["direction"] if scene.direction else [])
     kind = rng.choice(kinds)
     if kind == "color":
         wrong = rng.choice([c for c in COLORS if c != scene.color])
         return (
+            kind,
             "What colour are the shapes?",
             (f"They are {scene.color}.", scene.color),
             (f"They are {wrong}.", wrong),
         )
     if kind == "shape":
         wrong = rng.choice([s for s in SHAPES if s != scene.shape])
-        return ("What shape is drawn?", (f"A {scene.shape}.", scene.shape), (f"A {wrong}.", wrong))
+        return (
+            kind,
+            "What shape is drawn?",
+            (f"A {scene.shape}.", scene.shape),
+            (f"A {wrong}.", wrong),
+        )
     if kind == "count":
         return (
+            kind,
             "How many shapes are there?",
             (f"{scene.count}.", NUMBER_WORDS[scene.count]),
             (f"{3 - scene.count}.", NUMBER_WORDS[3 - scene.count]),
         )
     wrong = rng.choice([d for d in DIRECTIONS if d != scene.direction])
     return (
+        kind,
         "Which way do the shapes move?",
         (f"They move {scene.direction}.", scene.direction),
         (f"They move {wrong}.", wrong),
