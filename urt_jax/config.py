@@ -104,6 +104,9 @@ class RejectionSection:
     require_format: bool = True
     max_prompts: int | None = None
     sft_max_steps: int | None = None  # steps of the second SFT (rs_sft); default train.max_steps
+    # peak learning rate of the second SFT; default train.learning_rate. It starts from a trained
+    # model on a few hundred of its own samples, where the cold start's rate overfits them.
+    sft_learning_rate: float | None = None
 
 
 @dataclasses.dataclass

@@ -295,8 +295,13 @@ def _stage_rs_sft(cfg: RunConfig, out: str, report: dict) -> None:
         report["rs_sft"] = {"skipped": f"{kept} correct samples, fewer than one batch"}
         _log(f"rs_sft: skipped, rejection sampling kept only {kept} samples")
         return
-    steps = cfg.rejection.sft_max_steps or cfg.train.max_steps
-    rs_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=steps))
+    rs = cfg.rejection
+    train = dataclasses.replace(
+        cfg.train,
+        max_steps=rs.sft_max_steps or cfg.train.max_steps,
+        learning_rate=rs.sft_learning_rate or cfg.train.learning_rate,
+    )
+    rs_cfg = dataclasses.replace(cfg, train=train)
     _sft_stage(rs_cfg, out, report, "rs_sft", data, os.path.join(out, "sft", "hf"))
 
 

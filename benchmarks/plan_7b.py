@@ -1,0 +1,372 @@
+"""The 7B plan on paper: the sharded SFT and GRPO steps of Qwen2.5-VL-7B lowered and compiled
+ahead of time with abstract arrays on a CPU mesh of fake devices, reporting per-device memory
+(``memory_analysis``) and FLOPs (``cost_analysis``).
+
+    python benchmarks/plan_7b.py --out plan.json [--extrapolate] [--meshes ...] [--quick]
+
+Nothing is allocated: parameters, optimiser state and batches are ``jax.ShapeDtypeStruct`` with
+the shardings of the project's rules table. The model and run settings come from
+configs/model/qwen2_5_vl_7b.yaml and configs/pod/qwen2_5_vl_7b_cold_start.yaml. The steps are
+compiled at full depth (28 decoder layers, 32 vision blocks: about 30 s a program here) and at
+two reduced depths (``--points`` text_layers:vision_blocks), which give the per-layer growth of
+the temporaries. ``--extrapolate`` skips the full-depth compile and extrapolates every compiled
+quantity linearly from the reduced depths instead (measured equal to the full compile to 0.1%
+on the SFT step). Parameter, optimiser and gradient bytes are exact (counted from the full
+model's shard shapes).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# 8 fake CPU devices. XLA:CPU expands optimisation barriers before CSE (cse_barrier_expander),
+# which merges every rematerialised recomputation back into the forward pass: remat would then
+# change neither memory nor FLOPs. Disabling that pass keeps remat as TPU/GPU compile it (the
+# program is only compiled here, never run).
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+    _flags += " --xla_force_host_platform_device_count=8"
+if "xla_disable_hlo_passes" not in _flags:
+    _flags += " --xla_disable_hlo_passes=cse_barrier_expander"
+os.environ["XLA_FLAGS"] = _flags.strip()
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
+
+from benchmarks.flops import FORMULA  # noqa: E402
+from benchmarks.plan_estimate import V5P, estimate  # noqa: E402
+from benchmarks.plan_shapes import (  # noqa: E402
+    IMAGES_PER_ROW,
+    MESHES,
+    grpo_inputs,
+    image_grid,
+    reduced_config,
+    sft_batch,
+)
+from urt_jax.config import GRPOSection, load_run_config, options_from  # noqa: E402
+from urt_jax.model.config import Qwen25VLConfig  # noqa: E402
+from urt_jax.model.qwen2_5_vl import Qwen25VL  # noqa: E402
+from urt_jax.sharding.mesh import MeshConfig, make_mesh  # noqa: E402
+from urt_jax.sharding.mesh import replicated as replicated_sharding  # noqa: E402
+from urt_jax.sharding.rules import state_shardings  # noqa: E402
+from urt_jax.train import grpo as grpo_mod  # noqa: E402
+from urt_jax.train import sft as sft_mod  # noqa: E402
+from urt_jax.train.grpo_loss import GRPOLossConfig  # noqa: E402
+from urt_jax.train.optim import learning_rate_schedule, make_optimizer  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GIB = 1024**3
+
+
+def nbytes(tree) -> int:
+    """Bytes of a pytree of sharded ShapeDtypeStructs on one device (the largest shard)."""
+    total = 0
+    for x in jax.tree.leaves(tree):
+        shape = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
+        total += int(np.prod(shape)) * jnp.dtype(x.dtype).itemsize
+    return total
+
+
+def batch_ways(mesh) -> int:
+    """Devices the batch is split over (data x fsdp); tensor-parallel devices share rows."""
+    return int(mesh.shape["data"] * mesh.shape["fsdp"])
+
+
+def abstract_split(config: Qwen25VLConfig, dtype: str, remat: str, mesh):
+    """(graphdef, trainable, frozen): abstract, sharded by the rules table, vision frozen."""
+    model = nnx.eval_shape(lambda: Qwen25VL(config, dtype=dtype, remat=remat, rngs=nnx.Rngs(0)))
+    graphdef, params, frozen = nnx.split(model, sft_mod.trainable_filter(True), ...)
+
+    def place(state):
+        return jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            state,
+            state_shardings(state, mesh),
+        )
+
+    return model, graphdef, place(params), place(frozen)
+
+
+def abstract_train_state(params, tx, mesh) -> dict:
+    """init_train_state without allocating: the optimiser moments take their parameter's
+    sharding and scalars are replicated, as init_train_state places them."""
+    rep = replicated_sharding(mesh)
+    shardings = optax.tree_utils.tree_map_params(
+        tx,
+        lambda _, s: s,
+        jax.eval_shape(tx.init, params),
+        jax.tree.map(lambda p: p.sharding, params),
+        transform_non_params=lambda _: rep,
+    )
+    return {
+        "params": params,
+        "opt_state": jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            jax.eval_shape(tx.init, params),
+            shardings,
+        ),
+        "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
+        "rng": jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep),
+    }
+
+
+def analyse(lowered) -> dict:
+    t0 = time.perf_counter()
+    compiled = lowered.compile()
+    seconds = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return {
+        "compile_s": round(seconds, 1),
+        "argument_bytes": int(mem.argument_size_in_bytes),
+        "output_bytes": int(mem.output_size_in_bytes),
+        "alias_bytes": int(mem.alias_size_in_bytes),
+        "temp_bytes": int(mem.temp_size_in_bytes),
+        "flops": float(cost.get("flops", 0.0)),
+    }
+
+
+def compile_sft(config, run, mesh, cases) -> dict:
+    """The project's SFTTrainer jits (accumulate = forward + backward of one micro-batch,
+    apply = clip + AdamW), built by its own constructor on an abstract model."""
+    model, _, params, frozen = abstract_split(config, run.model.dtype, run.model.remat, mesh)
+    sft_mod.init_train_state = lambda p, tx, m, seed: abstract_train_state(params, tx, m)
+    trainer = sft_mod.SFTTrainer(model, mesh, run.train, run.train.max_steps, run.seed)
+    rep = replicated_sharding(mesh)
+    scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)
+    grads = jax.tree.map(
+        lambda p: jax.ShapeDtypeStruct(p.shape, jnp.float32, sharding=p.sharding), params
+    )
+    out = {"apply": analyse(trainer._apply.lower(trainer.state, grads, scalar, scalar))}
+    for name, (rows, length) in cases.items():
+        placed = sft_mod.shard_batch(mesh, sft_batch(config, rows, length, run.data))
+        batch = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), placed
+        )
+        del placed
+        acc = (grads, scalar, scalar)
+        out[name] = analyse(trainer._accumulate.lower(acc, params, frozen, *batch))
+        out[name]["input_bytes"] = nbytes(batch)
+        seq = batch[0].input_ids.shape[1]
+        # the residual stream a rematerialised layer keeps for the backward pass (fp32)
+        out[name]["carry_bytes"] = rows // batch_ways(mesh) * seq * config.text.hidden_size * 4
+    return out
+
+
+def compile_grpo(config, run, mesh, g: GRPOSection) -> dict:
+    """GRPOTrainer's jitted pieces (reference log-probs: forward; update: forward, backward,
+    AdamW) on an abstract model; the jit wrappers are those of GRPOTrainer.__init__, rebuilt
+    here because the constructor copies the parameters on the device."""
+    _, graphdef, params, frozen = abstract_split(config, run.model.dtype, run.model.remat, mesh)
+    trainer = grpo_mod.GRPOTrainer.__new__(grpo_mod.GRPOTrainer)
+    trainer.mesh, trainer.g = mesh, g
+    trainer.train = grpo_mod.optimizer_settings(run.train, g)
+    trainer.loss_cfg = options_from(GRPOLossConfig, g)
+    trainer.graphdef = graphdef
+    trainer.tx = make_optimizer(trainer.train, trainer.train.max_steps)
+    trainer.schedule = learning_rate_schedule(trainer.train, trainer.train.max_steps)
+    state = abstract_train_state(params, trainer.tx, mesh)
+    state_shardings_ = jax.tree.map(lambda x: x.sharding, state)
+    rep = replicated_sharding(mesh)
+    logprobs = jax.jit(trainer._logprobs_fn, static_argnames=("prompt_length",))
+    update = jax.jit(
+        trainer._update_fn,
+        donate_argnums=(0,),
+        static_argnames=("prompt_length",),
+        out_shardings=(state_shardings_, rep),
+    )
+    inputs, p, n = grpo_inputs(config, mesh, g, run.data)
+    rows = inputs.input_ids.shape[0]
+    batch = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+    mask = jax.ShapeDtypeStruct((rows, n), jnp.float32, sharding=batch)
+    adv = jax.ShapeDtypeStruct((rows,), jnp.float32, sharding=batch)
+    ref = jax.ShapeDtypeStruct((rows, n), jnp.float32, sharding=batch)
+    return {
+        "ref_logprobs": analyse(logprobs.lower(params, frozen, inputs, prompt_length=p)),
+        "update": analyse(
+            update.lower(state, frozen, inputs, mask, adv, None, ref, prompt_length=p)
+        ),
+        "input_bytes": nbytes((inputs, mask, adv, ref)),
+        "carry_bytes": rows // batch_ways(mesh) * (p + n) * config.text.hidden_size * 4,
+        "rows": rows,
+        "prompt_length": p,
+        "new_tokens": n,
+    }
+
+
+def resident_bytes(config, run, mesh) -> dict:
+    """Exact per-device bytes of the full model's parameters, optimiser state and gradients."""
+    _, _, params, frozen = abstract_split(config, run.model.dtype, run.model.remat, mesh)
+    tx = make_optimizer(run.train, run.train.max_steps)
+    opt = abstract_train_state(params, tx, mesh)["opt_state"]
+    p = nbytes(params)
+    return {
+        "trainable_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
+        "frozen_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(frozen))),
+        "params_bytes": p,
+        "frozen_bytes": nbytes(frozen),
+        "opt_state_bytes": nbytes(opt),
+        "grad_bytes": p,  # fp32 gradient accumulator (SFT); GRPO's reference copy is the same
+    }
+
+
+def extrapolate(points: dict, full: tuple[int, int]) -> dict:
+    """Linear in text layers and in vision blocks from points {(L, V): {metric: value}}."""
+    keys = sorted(points)
+    base = keys[0]
+    lt = next((k for k in keys if k[1] == base[1] and k[0] != base[0]), None)
+    lv = next((k for k in keys if k[0] == base[0] and k[1] != base[1]), None)
+    out = {}
+    for metric, v0 in points[base].items():
+        if not isinstance(v0, (int, float)) or metric.endswith(("compile_s", "seconds")):
+            continue
+        v = float(v0)
+        if lt is not None:
+            v += (points[lt][metric] - v0) / (lt[0] - base[0]) * (full[0] - base[0])
+        if lv is not None:
+            v += (points[lv][metric] - v0) / (lv[1] - base[1]) * (full[1] - base[1])
+        out[metric] = v
+    return out
+
+
+def text_slope(points: dict, metric: str) -> float:
+    """d metric / d text layer from two compiled points with the same vision depth."""
+    keys = sorted(points)
+    other = next(k for k in keys if k[1] == keys[0][1] and k[0] != keys[0][0])
+    return (points[other][metric] - points[keys[0]][metric]) / (other[0] - keys[0][0])
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def unflatten(flat: dict) -> dict:
+    out: dict = {}
+    for k, v in flat.items():
+        *head, last = k.split(".")
+        d = out
+        for h in head:
+            d = d.setdefault(h, {})
+        d[last] = v
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--model", default=os.path.join(ROOT, "configs/model/qwen2_5_vl_7b.yaml"))
+    ap.add_argument(
+        "--run", default=os.path.join(ROOT, "configs/pod/qwen2_5_vl_7b_cold_start.yaml")
+    )
+    ap.add_argument("--points", default=None, help="text_layers:vision_blocks,... (reduced)")
+    ap.add_argument("--extrapolate", action="store_true", help="no full-depth compile")
+    ap.add_argument("--meshes", default=",".join(MESHES))
+    ap.add_argument("--sft-cases", default="32x2048,32x13312,8x13312", help="rows x tokens")
+    ap.add_argument("--mfu", type=float, default=0.4, help="assumed MFU on v5p for step times")
+    ap.add_argument("--no-grpo", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="validation: small cases, one mesh")
+    args = ap.parse_args()
+
+    config = Qwen25VLConfig.from_yaml(args.model)
+    run = load_run_config(args.run, ["data.train=unused"])
+    g = run.grpo  # the released GRPO values (the pod SFT config has no grpo section)
+    if args.quick:
+        args.sft_cases, args.points, args.extrapolate = "8x2048", "1:8,2:8", True
+        args.meshes = args.meshes.split(",")[0]
+        g = dataclasses.replace(g, prompts_per_step=2, num_generations=4, max_new_tokens=256)
+    if args.points is None:
+        args.points = "1:8,2:8,1:16" if args.extrapolate else "1:8,2:8"
+    cases = {}
+    for c in args.sft_cases.split(","):
+        rows, length = (int(v) for v in c.split("x"))
+        cases[f"sft_{rows}x{length}"] = (rows, length)
+    points = [tuple(int(v) for v in p.split(":")) for p in args.points.split(",")]
+    full = (config.text.num_hidden_layers, config.vision.depth)
+    result: dict = {
+        "devices": jax.device_count(),
+        "model": os.path.relpath(args.model, ROOT),
+        "run": os.path.relpath(args.run, ROOT),
+        "dtype": run.model.dtype,
+        "remat": run.model.remat,
+        "micro_batch_rows": run.data.batch_size,
+        "grad_accum": run.train.grad_accum,
+        "image_grid_per_image": list(image_grid(config, run.data)),
+        "images_per_row": IMAGES_PER_ROW,
+        "points": [list(p) for p in points],
+        "full_depth_source": "extrapolated" if args.extrapolate else "compiled",
+        "full_depth": list(full),
+        "sft_cases": {k: list(v) for k, v in cases.items()},
+        "grpo_case": {
+            "prompts_per_step": g.prompts_per_step,
+            "num_generations": g.num_generations,
+            "max_new_tokens": g.max_new_tokens,
+        },
+        "v5p": V5P,
+        "mfu_assumed": args.mfu,
+        "flops_formula": FORMULA,
+        "meshes": {},
+    }
+    for mesh_name in args.meshes.split(","):
+        fsdp, tensor = MESHES[mesh_name]
+        mesh = make_mesh(MeshConfig(data=1, fsdp=fsdp, tensor=tensor))
+        entry: dict = {
+            "shape": dict(mesh.shape),
+            "devices": int(mesh.size),
+            "batch_ways": batch_ways(mesh),
+        }
+        entry["resident"] = resident_bytes(config, run, mesh)
+        measured = {}
+        for lt, lv in points:
+            small = reduced_config(config, lt, lv)
+            t0 = time.perf_counter()
+            m = {"sft": compile_sft(small, run, mesh, cases)}
+            if not args.no_grpo:
+                m["grpo"] = compile_grpo(small, run, mesh, g)
+            m["seconds"] = round(time.perf_counter() - t0, 1)
+            measured[(lt, lv)] = flatten(m)
+            print(f"[plan] {mesh_name} L={lt} V={lv}: {m['seconds']}s", file=sys.stderr)
+        entry["compiled_points"] = {f"{k[0]}:{k[1]}": unflatten(v) for k, v in measured.items()}
+        progs = [f"sft.{c}" for c in cases] + (
+            [] if args.no_grpo else ["grpo.ref_logprobs", "grpo.update"]
+        )
+        entry["per_layer_temp_bytes"] = {
+            k: text_slope(measured, f"{k}.temp_bytes") for k in progs
+        }  # fmt: skip
+        if args.extrapolate:
+            entry["full_depth"] = unflatten(extrapolate(measured, full))
+        else:
+            t0 = time.perf_counter()
+            entry["full_depth"] = {"sft": compile_sft(config, run, mesh, cases)}
+            if not args.no_grpo:
+                entry["full_depth"]["grpo"] = compile_grpo(config, run, mesh, g)
+            entry["full_depth"]["seconds"] = round(time.perf_counter() - t0, 1)
+            print(
+                f"[plan] {mesh_name} full depth: {entry['full_depth']['seconds']}s", file=sys.stderr
+            )
+        entry["estimate"] = estimate(mesh_name, entry, config, run, g, cases, args.mfu)
+        result["meshes"][mesh_name] = entry
+        with open(args.out, "w") as f:  # partial results survive a later failure
+            json.dump(result, f, indent=2)
+    print(f"[plan] wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""From the compiled 7B numbers to a verdict: per-chip peak memory against v5p HBM, and step
+times at a stated MFU of the v5p bf16 peak (see plan_7b.py)."""
+
+from __future__ import annotations
+
+from benchmarks.flops import step_flops
+from benchmarks.plan_shapes import IMAGES_PER_ROW, image_grid
+
+GIB = 1024**3
+
+
+V5P = {"hbm_gib_per_chip": 95.0, "bf16_tflops_per_chip": 459.0, "v5p-8_chips": 4}
+# Where each mesh runs: JAX sees a v5p chip (2 TensorCores, megacore) as one device, so a v5p-8
+# slice (4 chips, 8 TensorCores) is a 4-device mesh; the 8-device meshes are a v5p-16 slice.
+TARGET = {"fsdp8": ("v5p-16", 8), "fsdp4_tp2": ("v5p-16", 8), "fsdp4": ("v5p-8", 4)}
+
+
+def _peaks(entry: dict, temp: float, inputs: float, grpo: bool) -> float:
+    """Per-device peak bytes: resident state + the batch + the program's temporaries."""
+    r = entry["resident"]
+    base = r["params_bytes"] + r["opt_state_bytes"] + r["frozen_bytes"]
+    extra = r["params_bytes"] if grpo else r["grad_bytes"]  # reference copy / grad accumulator
+    return base + extra + inputs + temp
+
+
+def _one_layer_live(prog: dict, slope: float, carry: float, layers: int) -> float:
+    """Temporaries if only one decoder layer's working set were live at a time: the compiled
+    growth per layer replaced by the residual stream a rematerialised layer keeps."""
+    return prog["temp_bytes"] - (layers - 1) * max(slope - carry, 0.0)
+
+
+def estimate(name: str, entry: dict, config, run, g, cases: dict, mfu: float) -> dict:
+    """Per-chip peak memory on the slice the mesh maps to (as compiled, and with one decoder
+    layer's temporaries live at a time), and step times on v5p-8 at ``mfu`` of its bf16 peak."""
+    x, layers = entry["full_depth"], config.text.num_hidden_layers
+    slice_name, chips = TARGET.get(name, ("?", entry["devices"]))
+    grids = [image_grid(config, run.data)] * IMAGES_PER_ROW
+    rate = V5P["v5p-8_chips"] * V5P["bf16_tflops_per_chip"] * 1e12 * mfu  # step times: v5p-8
+    slope = entry["per_layer_temp_bytes"]
+    hbm = V5P["hbm_gib_per_chip"]
+    out: dict = {"slice": slice_name, "chips": chips}
+    rows_per_step = run.data.batch_size * run.train.grad_accum
+    applying = _peaks(entry, x["sft"]["apply"]["temp_bytes"], 0, False)
+    for case, (rows, length) in cases.items():
+        c = x["sft"][case]
+        low = _one_layer_live(c, slope[f"sft.{case}"], c["carry_bytes"], layers)
+        peak = max(_peaks(entry, c["temp_bytes"], c["input_bytes"], False), applying) / GIB
+        low = max(_peaks(entry, low, c["input_bytes"], False), applying) / GIB
+        targets = length - length // 2
+        flops = step_flops(
+            config, length, rows_per_step * length, rows_per_step * targets,
+            grids * rows_per_step, True,
+        )  # fmt: skip
+        out[case] = {
+            "rows_per_device": rows // entry["batch_ways"],
+            "peak_gib_per_chip": peak,
+            "peak_gib_per_chip_one_layer_live": low,
+            "fits": peak <= hbm,
+            "fits_one_layer_live": low <= hbm,
+            "compiled_flops_all_devices": c["flops"] * entry["devices"],
+            "model_flops_micro_batch": step_flops(
+                config, length, rows * length, rows * targets, grids * rows, True
+            ),
+            "optimizer_step_rows": rows_per_step,
+            "optimizer_step_model_flops": flops,
+            "optimizer_step_s_v5p8": flops / rate,
+        }
+    if "grpo" in x:
+        gx = x["grpo"]
+        rows, p, n = g.prompts_per_step * g.num_generations, gx["prompt_length"], gx["new_tokens"]
+        ref, upd = gx["ref_logprobs"], gx["update"]
+        peak = _peaks(entry, max(ref["temp_bytes"], upd["temp_bytes"]), gx["input_bytes"], True)
+        low = max(
+            _one_layer_live(ref, slope["grpo.ref_logprobs"], 0.0, layers),
+            _one_layer_live(upd, slope["grpo.update"], gx["carry_bytes"], layers),
+        )
+        low = _peaks(entry, low, gx["input_bytes"], True)
+        t = int(p + n)
+        flops = step_flops(config, t, rows * t, rows * n, grids * rows, False) + step_flops(
+            config, t, rows * t, rows * n, grids * rows, True
+        )
+        out["grpo"] = {
+            "rows_per_device": rows // entry["batch_ways"],
+            "peak_gib_per_chip": peak / GIB,
+            "peak_gib_per_chip_one_layer_live": low / GIB,
+            "fits": peak / GIB <= hbm,
+            "fits_one_layer_live": low / GIB <= hbm,
+            "compiled_flops_all_devices": entry["devices"] * (ref["flops"] + upd["flops"]),
+            "model_flops": flops,
+            "ref_and_update_s_v5p8": flops / rate,
+        }
+    return out

@@ -1,0 +1,116 @@
+"""Shapes of the 7B plan: meshes, reduced-depth configs, and abstract sharded batches built by
+the project's own host-side code (collate for SFT, the sampler's prompt buckets for GRPO).
+
+Each row holds two images of the pod config's ``max_pixels`` (384 x 384 resized by
+smart_resize to 364 x 364: a 26 x 26 patch grid, 169 placeholder tokens each), as a pairwise
+image-generation judgement of UnifiedReward-Think does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from urt_jax.config import DataSection, GRPOSection
+from urt_jax.data.batching import Batch, Buckets, collate, pow2_at_least
+from urt_jax.data.processor import smart_resize
+from urt_jax.generate.sampler import PROMPT_BUCKETS, _bucket
+from urt_jax.model.config import Qwen25VLConfig
+from urt_jax.model.inputs import BATCH_AXIS, ModelInputs, prepare_inputs
+from urt_jax.sharding.mesh import BATCH_AXES
+
+# name -> (fsdp, tensor); data = 1. "fsdp4" uses 4 of the 8 fake devices: a v5p-8 slice is
+# 4 chips, and JAX sees each v5p chip (2 TensorCores, megacore) as one device.
+MESHES = {"fsdp8": (8, 1), "fsdp4_tp2": (4, 2), "fsdp4": (4, 1)}
+IMAGE_SIDE = 384  # pixels, before smart_resize
+IMAGES_PER_ROW = 2
+PROMPT_TEXT_TOKENS = 400  # instruction, captions and chat markup of a GRPO prompt (assumed)
+
+
+def reduced_config(config: Qwen25VLConfig, text_layers: int, vision_blocks: int):
+    """The same widths with fewer decoder layers and vision blocks. The full-attention vision
+    blocks keep their period (every 8th: 7, 15, 23, 31), so depth should be a multiple of 8."""
+    period = config.vision.depth // max(len(config.vision.fullatt_block_indexes), 1)
+    full = tuple(i for i in range(period - 1, vision_blocks, period))
+    text = dataclasses.replace(config.text, num_hidden_layers=text_layers)
+    vision = dataclasses.replace(
+        config.vision, depth=vision_blocks, fullatt_block_indexes=full or (vision_blocks - 1,)
+    )
+    return dataclasses.replace(config, text=text, vision=vision)
+
+
+def image_grid(config: Qwen25VLConfig, data: DataSection) -> tuple[int, int, int]:
+    v = config.vision
+    factor = v.patch_size * v.spatial_merge_size
+    h, w = smart_resize(IMAGE_SIDE, IMAGE_SIDE, factor, data.min_pixels, data.max_pixels)
+    return (1, h // v.patch_size, w // v.patch_size)
+
+
+def _row_ids(config: Qwen25VLConfig, length: int, grid) -> np.ndarray:
+    """One row of ``length`` tokens: text, then the images' placeholders, then text."""
+    n_img = int(np.prod(grid)) // config.vision.merge_unit
+    image = [config.vision_start_token_id] + [config.image_token_id] * n_img
+    image += [config.vision_end_token_id]
+    head = [100] * 16
+    ids = head + image * IMAGES_PER_ROW
+    if len(ids) > length:
+        raise ValueError(f"{length} tokens cannot hold {IMAGES_PER_ROW} images of {n_img} tokens")
+    return np.asarray(ids + [101] * (length - len(ids)), np.int32)
+
+
+def _abstract(inputs: ModelInputs, rows: int, mesh: Mesh) -> ModelInputs:
+    """ModelInputs of ShapeDtypeStructs: the batch axis set to ``rows``, split over data x fsdp."""
+
+    def one(a, axis):
+        shape = list(np.shape(a))
+        shape[axis] = rows
+        spec = [None] * len(shape)
+        spec[axis] = BATCH_AXES
+        sharding = NamedSharding(mesh, PartitionSpec(*spec))
+        return jax.ShapeDtypeStruct(tuple(shape), np.asarray(a).dtype, sharding=sharding)
+
+    return inputs.map_with_batch_axis(one)
+
+
+def sft_batch(config: Qwen25VLConfig, rows: int, length: int, data: DataSection) -> Batch:
+    """An SFT micro-batch of ``rows`` full rows in the ``length`` bucket, collated by the data
+    pipeline's own code (power-of-two vision and target buckets); the reply (the target tokens)
+    is the second half of every row."""
+    grid = image_grid(config, data)
+    n = int(np.prod(grid))
+    example = {
+        "input_ids": _row_ids(config, length, grid),
+        "loss_mask": np.arange(length) >= length // 2,
+        "pixel_values": np.zeros((n * IMAGES_PER_ROW, config.vision.patch_dim), np.float32),
+        "image_grid_thw": np.asarray([grid] * IMAGES_PER_ROW, np.int64),
+    }
+    return collate([example] * rows, config, Buckets(lengths=tuple(data.bucket_lengths)))
+
+
+def grpo_inputs(config: Qwen25VLConfig, mesh: Mesh, g: GRPOSection, data: DataSection):
+    """(inputs, P, N) of a GRPO update batch: prompts_per_step x G rows of [prompt | completion],
+    the prompt left-padded to the sampler's bucket P, N = max_new_tokens (all rows full)."""
+    grid = image_grid(config, data)
+    n_img = int(np.prod(grid)) // config.vision.merge_unit
+    prompt_len = PROMPT_TEXT_TOKENS + IMAGES_PER_ROW * (n_img + 2)
+    p = _bucket(prompt_len, PROMPT_BUCKETS)
+    n = g.max_new_tokens
+    ids = np.zeros((1, p + n), np.int64)
+    mask = np.zeros((1, p + n), np.int64)
+    ids[0, p - prompt_len :] = _row_ids(config, prompt_len + n, grid)
+    mask[0, p - prompt_len :] = 1
+    pixels = np.zeros((int(np.prod(grid)) * IMAGES_PER_ROW, config.vision.patch_dim), np.float32)
+    inputs, _ = prepare_inputs(
+        config,
+        ids,
+        mask,
+        pixels,
+        np.asarray([grid] * IMAGES_PER_ROW, np.int64),
+        round_up=lambda kind, k: pow2_at_least(k, 1),
+    )
+    rows = g.prompts_per_step * g.num_generations
+    assert set(BATCH_AXIS) == {f.name for f in dataclasses.fields(ModelInputs)}
+    return _abstract(inputs, rows, mesh), p, n

@@ -1,0 +1,316 @@
+"""results.json -> results.md: the README table, the details, the profile and the 7B plan."""
+
+from __future__ import annotations
+
+GIB = 1024**3
+
+
+def _f(x: float | None, digits: int = 1) -> str:
+    return "n/a" if x is None else f"{x:,.{digits}f}"
+
+
+def _goal(name: str, value: float | None, goals: dict) -> tuple[str, str]:
+    goal = goals.get(name)
+    if goal is None or value is None:
+        return "-", "-"
+    op, target = goal
+    met = value >= target if op == ">=" else value == target
+    shown = f"{op} {target:g}" + ("x" if "speedup" in name else "")
+    if name.startswith("mfu"):
+        shown = f">= {target:.0%}"
+    return shown, "yes" if met else "**no**"
+
+
+def _load(avg) -> str:
+    return "n/a" if not avg else "/".join(f"{x:.1f}" for x in avg)
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def summary(r: dict) -> list[str]:
+    m, goals = r.get("metrics", {}), r["goals"]
+    out = [
+        _row(["metric", "urt_jax", "transformers (best)", "ratio", "goal", "met"]),
+        _row(["---"] * 6),
+    ]
+    for key, label, unit, metric in (
+        ("sft", "SFT step (forward, backward, AdamW)", "tokens/s", "sft_step_speedup_vs_hf"),
+        ("forward", "Forward", "tokens/s", "forward_speedup_vs_hf"),
+        ("sampling", "Sampling, G = 8", "new tokens/s", "sampling_speedup_vs_hf"),
+    ):
+        if key not in r:
+            continue
+        res, hf = r[key], r[key]["hf_best"]
+        goal, met = _goal(metric, m.get(metric), goals)
+        out.append(
+            _row(
+                [
+                    f"{label}, {unit}",
+                    _f(res["urt_jax"]["per_s"]),
+                    f"{_f(res[hf]['per_s'])} ({hf.split('(')[-1].rstrip(')')})",
+                    f"**{m[metric]:.2f}x**",
+                    goal,
+                    met,
+                ]
+            )
+        )
+    if "mfu_vs_measured_peak" in m:
+        s, hf = r["sft"], r["sft"]["hf_best"]
+        peak = r["matmul"]["peak_gflops"]
+        goal, met = _goal("mfu_vs_measured_peak", m["mfu_vs_measured_peak"], goals)
+        out.append(
+            _row(
+                [
+                    f"SFT step MFU vs measured matmul peak ({peak:.0f} GFLOP/s)",
+                    f"{m['mfu_vs_measured_peak']:.1%} ({s['urt_jax']['model_gflops_per_s']:.1f})",
+                    f"{s[hf]['mfu_vs_measured_peak']:.1%} ({s[hf]['model_gflops_per_s']:.1f})",
+                    "-",
+                    goal,
+                    met,
+                ]
+            )
+        )
+    if "recompiles_after_warmup" in m:
+        goal, met = _goal("recompiles_after_warmup", m["recompiles_after_warmup"], goals)
+        rc = r["recompiles"]
+        out.append(
+            _row(
+                [
+                    f"Compilations in {rc['steps']} mixed-length SFT steps after warm-up",
+                    str(m["recompiles_after_warmup"]),
+                    "-",
+                    "-",
+                    goal,
+                    met,
+                ]
+            )
+        )
+    for key, label in (("sft", "SFT"), ("forward", "forward"), ("sampling", "sampling")):
+        if key in r:
+            res, hf = r[key], r[key]["hf_best"]
+            a, b = res["urt_jax"]["peak_minus_base_mib"], res[hf]["peak_minus_base_mib"]
+            out.append(
+                _row(
+                    [
+                        f"Peak memory, {label} (MiB over the libraries; whole process)",
+                        f"{a:,.0f} ({res['urt_jax']['peak_rss_mib']:,.0f})",
+                        f"{b:,.0f} ({res[hf]['peak_rss_mib']:,.0f})",
+                        f"{a / b:.2f}x",
+                        "-",
+                        "-",
+                    ]
+                )
+            )
+    for key, label in (("sft", "SFT step"), ("forward", "forward"), ("sampling", "sampling")):
+        if key in r:
+            res, hf = r[key], r[key]["hf_best"]
+            out.append(
+                _row(
+                    [
+                        f"First call (warm-up, incl. XLA compilation), {label}, s",
+                        _f(res["urt_jax"]["warmup_s"][0], 2),
+                        _f(res[hf]["warmup_s"][0], 2),
+                        "-",
+                        "-",
+                        "-",
+                    ]
+                )
+            )
+    return out
+
+
+def details(r: dict) -> list[str]:
+    out = []
+    for key, unit in (("sft", "tokens/s"), ("forward", "tokens/s"), ("sampling", "new tokens/s")):
+        if key not in r:
+            continue
+        out += [f"\n### {key}\n", _row(["side", unit, "median s", "spread", "timed calls",
+                                        "setup s", "warm-up s", "peak RSS MiB",
+                                        "over libraries MiB"]), _row(["---"] * 9)]  # fmt: skip
+        for name, s in r[key].items():
+            if not isinstance(s, dict) or "per_s" not in s:
+                continue
+            out.append(
+                _row(
+                    [
+                        name,
+                        _f(s["per_s"]),
+                        _f(s["median_s"], 3),
+                        f"{s['spread']:.0%}",
+                        str(len(s["times_s"])),
+                        _f(s["setup_s"]),
+                        " / ".join(_f(t, 2) for t in s["warmup_s"]),
+                        _f(s["peak_rss_mib"], 0),
+                        _f(s["peak_minus_base_mib"], 0),
+                    ]
+                )
+            )
+    if "matmul" in r:
+        mm = r["matmul"]
+        out += ["\n### matmul peak (fp32, n x n)\n", _row(["library", "GFLOP/s", "median s"])]
+        out.append(_row(["---"] * 3))
+        for lib in ("numpy", "jax", "torch"):
+            out.append(_row([lib, _f(mm[lib]["per_s"]), _f(mm[lib]["median_s"], 4)]))
+    return out
+
+
+def profile(r: dict) -> list[str]:
+    if "sft" not in r or "breakdown" not in r["sft"].get("urt_jax", {}):
+        return []
+    s = r["sft"]
+    b = s["urt_jax"]["breakdown"]
+    step = s["urt_jax"]["median_s"]
+    out = [
+        "\n## Where the time goes (SFT step)\n",
+        "urt_jax: each piece jitted and timed on its own (medians; pieces nest, e.g. "
+        "forward + backward includes the forward).\n",
+        _row(["piece", "s", "share of the step"]),
+        _row(["---"] * 3),
+    ]
+    for name, sec in b["seconds"].items():
+        out.append(_row([name, _f(sec, 3), f"{sec / step:.0%}"]))
+    out.append(_row(["whole step (trainer.step)", _f(step, 3), "100%"]))
+    model = r["model_flops"]["sft_step"]
+    xla = b.get("xla_flops_forward_backward", 0.0)
+    out.append(
+        f"\nModel FLOPs of the step (formula): {model / 1e9:,.1f} GFLOP; XLA's cost analysis of "
+        f"the forward+backward program: {xla / 1e9:,.1f} GFLOP.\n"
+    )
+    fb = b["seconds"].get("forward + backward (accumulate)")
+    opt = b["seconds"].get("clip + AdamW (apply)")
+    if fb and "matmul" in r:
+        rate = model / fb / 1e9
+        out.append(
+            f"Forward + backward alone: {rate:,.1f} GFLOP/s of model FLOPs, "
+            f"{rate / r['matmul']['peak_gflops']:.0%} of the measured matmul peak; "
+            f"clip + AdamW: {opt / step:.0%} of the step; the rest of the step "
+            f"({max(step - fb - opt, 0.0):.3f} s) is host work and dispatch.\n"
+        )
+    hf = s["hf_best"]
+    if "phases_s" in s[hf]:
+        out += [f"{hf}, phases of the same step (medians):\n", _row(["phase", "s"])]
+        out.append(_row(["---"] * 2))
+        for k, v in s[hf]["phases_s"].items():
+            if k != "loss":
+                out.append(_row([k, _f(v, 3)]))
+    return out
+
+
+def plan(r: dict) -> list[str]:
+    p = r.get("plan_7b")
+    if not p:
+        return []
+    if "error" in p:
+        return ["\n## 7B plan\n", p["error"]]
+    v = p["v5p"]
+    out = [
+        "\n## The 7B plan (Qwen2.5-VL-7B, compiled ahead of time on a CPU mesh)\n",
+        f"Model {p['model']}, run {p['run']}: {p['dtype']}, remat {p['remat']}, "
+        f"{p['micro_batch_rows']} rows per micro-batch x {p['grad_accum']} accumulation steps, "
+        f"{p['images_per_row']} images of grid {p['image_grid_per_image']} per row. Full depth "
+        f"{p['full_depth']} {p['full_depth_source']}; (text layers, vision blocks) = "
+        f"{p['points']} compiled for the per-layer growth of the temporaries. XLA:CPU with "
+        "cse_barrier_expander disabled, so that remat survives as on TPU."
+        f" v5p: {v['hbm_gib_per_chip']} GiB HBM and "
+        f"{v['bf16_tflops_per_chip']} bf16 TFLOP/s per chip; JAX sees one device per chip "
+        "(megacore), so v5p-8 (4 chips, 8 TensorCores) is a 4-device mesh and the 8-device "
+        "meshes are v5p-16 (memory is judged on the slice a mesh maps to). Step times are for "
+        f"v5p-8 at {p['mfu_assumed']:.0%} MFU.\n",
+        _row(["mesh", "slice", "step", "rows/chip", "peak GiB/chip (as compiled)",
+              "fits", "GiB/chip, one layer live", "fits", "v5p-8 step s"]),
+        _row(["---"] * 9),
+    ]  # fmt: skip
+    for name, m in p["meshes"].items():
+        e = m["estimate"]
+        for case, c in e.items():
+            if not isinstance(c, dict):
+                continue
+            low = c.get("peak_gib_per_chip_one_layer_live")
+            secs = c.get("optimizer_step_s_v5p8", c.get("ref_and_update_s_v5p8"))
+            out.append(
+                _row(
+                    [
+                        name,
+                        e["slice"],
+                        case,
+                        str(c["rows_per_device"]),
+                        _f(c["peak_gib_per_chip"]),
+                        "yes" if c["fits"] else "**no**",
+                        _f(low),
+                        "-" if low is None else ("yes" if c["fits_one_layer_live"] else "**no**"),
+                        _f(secs, 2),
+                    ]
+                )
+            )
+    first = next(iter(p["meshes"].values()))
+    res = first["resident"]
+    out.append(
+        f"\nResident per device on {next(iter(p['meshes']))}: trainable parameters "
+        f"{res['params_bytes'] / GIB:.1f} GiB, AdamW moments {res['opt_state_bytes'] / GIB:.1f} "
+        f"GiB, frozen vision {res['frozen_bytes'] / GIB:.1f} GiB, gradient "
+        f"accumulator {res['grad_bytes'] / GIB:.1f} GiB. SFT step time = model FLOPs of one "
+        "optimizer step (128 rows) / (chips x peak x MFU); GRPO = reference log-probs + one "
+        "update of prompts_per_step x G rows, rollout generation excluded.\n"
+    )
+    slopes = first.get("per_layer_temp_bytes", {})
+    if slopes:
+        k, v = next(iter(slopes.items()))
+        out.append(
+            f"As compiled, the temporaries grow by {v / GIB:.1f} GiB per decoder layer ({k}, "
+            f"{next(iter(p['meshes']))}): XLA:CPU keeps every layer's gathered weights and "
+            "unreduced gradients live at once. The 'one layer live' column replaces that growth "
+            "by the residual stream each rematerialised layer keeps (fp32), i.e. what a "
+            "memory-aware TPU schedule, or a scan over the layers, would give; the TPU number "
+            "lies between the two columns.\n"
+        )
+    return out
+
+
+def write_markdown(r: dict) -> str:
+    s, mc = r["shape"], r["machine"]
+    lines = [
+        "# urt-jax vs transformers\n",
+        f"Machine: {mc['cpu']}, {mc['cores']} cores; load average (1/5/15 min) at start "
+        f"{_load(mc['loadavg_start'])}, at end {_load(mc.get('loadavg_end'))}. Model: "
+        f"{s['name']} Qwen2.5-VL "
+        f"({r['params']['total'] / 1e6:.1f}M parameters, {r['params']['vision'] / 1e6:.1f}M in "
+        f"the frozen vision tower): text {s['hidden']} wide x {s['layers']} layers, GQA "
+        f"{s['heads']}/{s['kv_heads']}, vocab {s['vocab']}; vision depth {s['vision_depth']}, "
+        f"hidden {s['vision_hidden']}. fp32. Batch {s['batch']} x {s['seq']} tokens, one "
+        f"{s['image']}x{s['image']} image per row, {s['reply']} target tokens per row. Sampling: "
+        f"1 prompt of {s['prompt']} tokens x {s['samples']} samples x {s['new_tokens']} new "
+        "tokens (no early stop). Each side in its own process, turns alternating "
+        f"({r['method']['rounds']} rounds x {r['method']['steps_per_round']} calls), medians "
+        "after warm-up; transformers is timed with sdpa and eager attention and the faster "
+        "counts.\n",
+    ]
+    busy = mc["loadavg_start"][0]  # before the run: later values include the run itself
+    if busy > 0.5 * mc["cores"]:
+        lines.append(
+            f"**Warning: the machine was busy (load average {busy:.1f} on {mc['cores']} cores "
+            "before the run): other processes competed for the CPU; timings are unreliable.**\n"
+        )
+    lines += summary(r)
+    lines.append(f"\nMFU FLOP formula: {r['flops_formula']}.\n")
+    lines.append(
+        "Memory: peak resident set (Linux VmHWM, reset after warm-up) of the side's process "
+        "during the timed calls, minus its resident set once its libraries were imported.\n"
+    )
+    lines += profile(r)
+    if "recompiles" in r:
+        rc = r["recompiles"]
+        info = rc["info"]
+        lines.append(
+            f"\n## Recompilations\n\nWarm-up: {rc['warmup_steps']} steps, one per bucketed shape"
+            f" ({rc['warmup_compiles']} compilations, {rc['warmup_s']:.1f} s). Then "
+            f"{rc['steps']} steps on mixed-length batches ({info['mixed_distinct_shapes']} "
+            f"distinct bucketed shapes, {info['mixed_shapes_not_in_warmup']} not seen in "
+            f"warm-up): {rc['compiles_after_warmup']} compilations (jax.monitoring backend "
+            "compile events, any function).\n"
+        )
+    lines += plan(r)
+    lines.append("\n## Details\n")
+    lines += details(r)
+    return "\n".join(lines) + "\n"

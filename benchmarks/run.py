@@ -1,0 +1,288 @@
+"""urt-jax against transformers on this machine, in one run, and the 7B plan on paper.
+
+    python benchmarks/run.py --out DIR [--quick] [--skip-7b] [--only sft,forward,...]
+
+Writes DIR/results.json and DIR/results.md (the table for the README). One shared random
+checkpoint (a transformers Qwen2.5-VL saved once, DIR/model) is loaded by every side, fp32, and
+every side builds the same batches (benchmarks/workload.py). Each side of each measurement runs
+in its own worker process (benchmarks/worker.py) so its peak memory is its own; the sides take
+turns (round-robin, rotating who goes first) and the medians of the timed calls after warm-up
+are compared. Measurements: matmul peak (numpy, jax, torch), SFT step, forward, group sampling,
+recompilations over mixed-length batches, the SFT step breakdown, and benchmarks/plan_7b.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks import workload as wl  # noqa: E402
+from benchmarks.flops import FORMULA, step_flops  # noqa: E402
+from benchmarks.report import write_markdown  # noqa: E402
+
+WORKER = os.path.join(ROOT, "benchmarks", "worker.py")
+MEASUREMENTS = ("matmul", "sft", "forward", "sampling", "recompiles", "plan")
+GOALS = {
+    "sft_step_speedup_vs_hf": (">=", 1.2),
+    "forward_speedup_vs_hf": None,
+    "sampling_speedup_vs_hf": (">=", 3.0),
+    "mfu_vs_measured_peak": (">=", 0.5),
+    "recompiles_after_warmup": ("==", 0),
+}
+HF_SIDES = {"transformers (sdpa)": "sdpa", "transformers (eager)": "eager"}
+
+
+class Worker:
+    """A worker process; ``ask`` sends one command and returns its JSON reply."""
+
+    def __init__(self, name: str, argv: list[str], log_dir: str):
+        self.name = name
+        self.log = os.path.join(log_dir, name.replace(" ", "_").replace("(", "").replace(")", ""))
+        self.log += ".log"
+        with open(self.log, "w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, WORKER, *argv],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                cwd=ROOT,
+            )
+        self.ready = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            code = self.proc.returncode
+            raise RuntimeError(f"worker {self.name} exited ({code}); see {self.log}")
+        return json.loads(line)
+
+    def ask(self, **cmd) -> dict:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def finish(self) -> dict:
+        out = self.ask(op="finish")
+        self.proc.wait(timeout=60)
+        return out
+
+
+def compare(
+    task: str,
+    sides: dict[str, list[str]],
+    args: argparse.Namespace,
+    units_per_call: float,
+    warmup: int,
+    breakdown: str | None = None,
+) -> dict:
+    """Round-robin timing of ``sides`` (name -> worker argv) on one task."""
+    log_dir = os.path.join(args.out, "logs", task)
+    os.makedirs(log_dir, exist_ok=True)
+    workers = {name: Worker(name, argv, log_dir) for name, argv in sides.items()}
+    res: dict = {name: {"setup_s": w.ready["setup_s"]} for name, w in workers.items()}
+    for name, w in workers.items():
+        res[name]["warmup_s"] = w.ask(op="run", n=warmup)["times"]
+        w.ask(op="reset_peak")
+    names = list(workers)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    extras: dict[str, list[dict]] = {n: [] for n in names}
+    for r in range(args.rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            out = workers[name].ask(op="run", n=args.steps)
+            times[name] += out["times"]
+            extras[name] += out["extras"]
+            time.sleep(args.pause)
+    for name, w in workers.items():
+        med = statistics.median(times[name])
+        res[name].update(
+            times_s=times[name],
+            median_s=med,
+            spread=(max(times[name]) - min(times[name])) / med,
+            per_s=units_per_call / med,
+        )
+        phases = sorted(
+            {k for e in extras[name] for k, v in e.items() if isinstance(v, float) and k != "loss"}
+        )
+        if phases:
+            res[name]["phases_s"] = {
+                k: statistics.median(e[k] for e in extras[name] if k in e) for k in phases
+            }
+        if name != breakdown:
+            res[name].update(w.finish())
+            continue
+        memory = w.ask(op="memory")  # before the breakdown's extra programs
+        res[name]["breakdown"] = w.ask(op="breakdown")
+        if args.trace:
+            res[name]["trace"] = w.ask(op="trace", dir=os.path.join(args.out, "trace"))
+        res[name].update({**w.finish(), **memory})
+    return res
+
+
+def best_hf(res: dict) -> str:
+    return max((n for n in res if n in HF_SIDES), key=lambda n: res[n]["per_s"])
+
+
+def side_args(task: str, args: argparse.Namespace, hf: bool = True) -> dict[str, list[str]]:
+    common = ["--task", task, "--model", args.model_dir, "--shape", args.shape]
+    sides = {"urt_jax": [*common, "--side", "ours"]}
+    if hf:
+        for name, attn in HF_SIDES.items():
+            sides[name] = [*common, "--side", "hf", "--attn", attn]
+    return sides
+
+
+def machine() -> dict:
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+def run_plan(args: argparse.Namespace) -> dict:
+    out = os.path.join(args.out, "plan_7b.json")
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "plan_7b.py"), "--out", out]
+    cmd += ["--quick"] if args.quick else []
+    cmd += args.plan_args.split() if args.plan_args else []
+    log = os.path.join(args.out, "logs", "plan_7b.log")
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+    if rc != 0 and not os.path.exists(out):
+        return {"error": f"plan_7b.py exited with {rc}; see {log}"}
+    with open(out) as f:
+        plan = json.load(f)
+    plan["wall_s"] = time.perf_counter() - t0
+    plan["returncode"] = rc  # non-zero: a partial plan (the meshes written before the failure)
+    return plan
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--quick", action="store_true", help="tiny shapes and few repeats")
+    ap.add_argument("--skip-7b", action="store_true")
+    ap.add_argument("--only", default=",".join(MEASUREMENTS))
+    ap.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5, quick 2)")
+    ap.add_argument("--steps", type=int, default=2, help="timed calls per side per round")
+    ap.add_argument("--pause", type=float, default=0.5, help="seconds between turns")
+    ap.add_argument("--plan-args", default="", help="extra arguments for plan_7b.py")
+    ap.add_argument("--trace", action="store_true", help="jax.profiler trace of 2 SFT steps")
+    args = ap.parse_args()
+    args.shape = "quick" if args.quick else "default"
+    args.rounds = args.rounds or (2 if args.quick else 5)
+    if args.quick:
+        args.steps = min(args.steps, 1)
+    only = set(args.only.split(","))
+    if args.skip_7b:
+        only.discard("plan")
+    shape = wl.SHAPES_BY_NAME[args.shape]
+    os.makedirs(os.path.join(args.out, "logs"), exist_ok=True)
+    args.model_dir = os.path.join(args.out, "model")
+    t_start = time.perf_counter()
+    results: dict = {
+        "machine": {**machine(), "loadavg_start": os.getloadavg()},
+        "shape": {k: v for k, v in vars(shape).items()},
+        "method": {"rounds": args.rounds, "steps_per_round": args.steps, "pause_s": args.pause},
+        "flops_formula": FORMULA,
+        "goals": {k: list(v) if v else None for k, v in GOALS.items()},
+    }
+    results["params"] = wl.save_checkpoint(shape, args.model_dir)
+    from urt_jax.model.config import Qwen25VLConfig
+
+    config = Qwen25VLConfig.from_hf_file(args.model_dir)
+    grid = (1, shape.image // 14, shape.image // 14)
+    tokens = shape.batch * shape.seq
+    sft_flops = step_flops(
+        config, shape.seq, tokens, shape.batch * shape.reply, [grid] * shape.batch, True
+    )
+    fwd_flops = step_flops(config, shape.seq, tokens, tokens, [grid] * shape.batch, False)
+    results["model_flops"] = {"sft_step": sft_flops, "forward": fwd_flops}
+    metrics: dict = {}
+
+    def stage(name: str) -> bool:
+        if name in only:
+            print(f"[bench] {name} ({time.perf_counter() - t_start:.0f}s)", file=sys.stderr)
+            results.setdefault("loadavg", {})[name] = os.getloadavg()
+        return name in only
+
+    if stage("matmul"):
+        n = 512 if args.quick else 2048
+        sides = {lib: ["--task", "matmul", "--side", "lib", "--lib", lib, "--n", str(n)]
+                 for lib in ("numpy", "jax", "torch")}  # fmt: skip
+        res = compare("matmul", sides, args, 2.0 * n**3 / 1e9, warmup=2)
+        res["peak_gflops"] = max(res[k]["per_s"] for k in sides)
+        results["matmul"] = res
+    if stage("sft"):
+        res = compare("sft", side_args("sft", args), args, tokens, warmup=2, breakdown="urt_jax")
+        hf = best_hf(res)
+        res["hf_best"] = hf
+        metrics["sft_step_speedup_vs_hf"] = res["urt_jax"]["per_s"] / res[hf]["per_s"]
+        for name in ("urt_jax", hf):
+            res[name]["model_gflops_per_s"] = sft_flops / res[name]["median_s"] / 1e9
+        if "matmul" in results:
+            peak = results["matmul"]["peak_gflops"]
+            metrics["mfu_vs_measured_peak"] = res["urt_jax"]["model_gflops_per_s"] / peak
+            res[hf]["mfu_vs_measured_peak"] = res[hf]["model_gflops_per_s"] / peak
+        results["sft"] = res
+    if stage("forward"):
+        res = compare("forward", side_args("forward", args), args, tokens, warmup=2)
+        res["hf_best"] = hf = best_hf(res)
+        metrics["forward_speedup_vs_hf"] = res["urt_jax"]["per_s"] / res[hf]["per_s"]
+        results["forward"] = res
+    if stage("sampling"):
+        new = shape.samples * shape.new_tokens
+        res = compare("sample", side_args("sample", args), args, new, warmup=1)
+        res["hf_best"] = hf = best_hf(res)
+        metrics["sampling_speedup_vs_hf"] = res["urt_jax"]["per_s"] / res[hf]["per_s"]
+        results["sampling"] = res
+    if stage("recompiles"):
+        results["recompiles"] = res = recompiles(args)
+        metrics["recompiles_after_warmup"] = res["compiles_after_warmup"]
+    if stage("plan"):
+        results["plan_7b"] = run_plan(args)
+    results["metrics"] = metrics
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    results["wall_s"] = time.perf_counter() - t_start
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(write_markdown(results))
+    print(f"[bench] wrote {args.out}/results.json and results.md", file=sys.stderr)
+
+
+def recompiles(args: argparse.Namespace) -> dict:
+    """30 SFT steps on mixed-length batches after a warm-up over their bucketed shapes."""
+    log_dir = os.path.join(args.out, "logs", "recompiles")
+    os.makedirs(log_dir, exist_ok=True)
+    w = Worker("urt_jax", side_args("recompiles", args, hf=False)["urt_jax"], log_dir)
+    steps = w.ready["info"]["warmup_steps"]
+    warm = w.ask(op="run", n=steps)
+    timed = w.ask(op="run", n=30)
+    done = w.finish()
+    return {
+        "warmup_steps": steps,
+        "warmup_compiles": sum(e["compiles"] for e in warm["extras"]),
+        "warmup_s": sum(warm["times"]),
+        "steps": 30,
+        "compiles_after_warmup": sum(e["compiles"] for e in timed["extras"]),
+        "steps_s": timed["times"],
+        "info": done["info"],
+    }
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""The urt_jax side: the project's own SFT trainer, jitted forward and group sampler, the
+recompilation count and the step breakdown."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from benchmarks import workload as wl
+from urt_jax.config import TrainSection
+from urt_jax.data.batching import Buckets, batch_sizes, collate
+from urt_jax.model.hf import from_pretrained
+from urt_jax.sharding.mesh import MeshConfig, make_mesh
+from urt_jax.train import sft as sft_mod
+
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+class CompileCounter:
+    """Counts XLA backend compilations (every jit cache miss, any function) via jax.monitoring."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+    def _on_event(self, event: str, duration: float, **_: object) -> None:
+        if event == COMPILE_EVENT:
+            self.count += 1
+            self.seconds += duration
+
+
+def _trainer(model, mesh) -> sft_mod.SFTTrainer:
+    cfg = TrainSection(
+        max_steps=100_000, learning_rate=1e-5, warmup_ratio=0.0, progress=False, grad_accum=1
+    )  # freeze_vision=True, weight_decay=0, clip 1.0: the project defaults
+    return sft_mod.SFTTrainer(model, mesh, cfg, cfg.max_steps, seed=0)
+
+
+class Ours:
+    """One task on the urt_jax side; ``call()`` runs one timed unit of work to completion."""
+
+    def __init__(self, task: str, model_dir: str, shape: wl.Shape):
+        self.task, self.shape = task, shape
+        self.counter = CompileCounter()
+        self.mesh = make_mesh(MeshConfig())
+        self.model = from_pretrained(model_dir, dtype="float32", mesh=self.mesh)
+        self.config = self.model.config
+        self.extra: dict = {}
+        self.call: Callable[[], dict | None] = getattr(self, f"_setup_{task}")()
+
+    # ------------------------------------------------------------------ tasks
+    def _setup_sft(self):
+        self.batch = collate(wl.sft_examples(self.shape), self.config, Buckets())
+        self.trainer = _trainer(self.model, self.mesh)
+        self.extra["trainable_params"] = self.trainer.num_trainable
+        self.extra["frozen_params"] = self.trainer.num_frozen
+
+        def call():
+            out = self.trainer.step([self.batch])
+            return {"loss": out["loss"]}
+
+        return call
+
+    def _setup_forward(self):
+        batch = collate(wl.sft_examples(self.shape), self.config, Buckets())
+        graphdef, state = nnx.split(self.model)
+        fwd = jax.jit(lambda s, x: nnx.merge(graphdef, s).forward(x))
+        inputs = jax.tree.map(jnp.asarray, batch.inputs)
+
+        def call():
+            fwd(state, inputs).block_until_ready()
+
+        return call
+
+    def _setup_sample(self):
+        from urt_jax.generate.sampler import sample
+
+        prompt = wl.sampling_prompt(self.shape)
+        seeds = iter(range(1_000_000))
+
+        def call():
+            out = sample(
+                self.model,
+                prompt,
+                num_samples=self.shape.samples,
+                max_new_tokens=self.shape.new_tokens,
+                temperature=1.0,
+                eos_token_ids=[],
+                seed=next(seeds),
+            )
+            return {"new_tokens": int(out.lengths.sum())}
+
+        return call
+
+    def _setup_recompiles(self):
+        """Warm-up: one step per bucketed shape the mixed batches can take; then every call
+        is one step on the next mixed batch, reporting the compilations it caused."""
+        buckets = Buckets(lengths=tuple(self.shape.mixed_lengths))
+        min_targets = getattr(buckets, "min_targets", 64)
+        warm, seen = [], set()
+        for rows in wl.warmup_examples(self.shape, 7, min_targets):
+            b = collate(rows, self.config, buckets)
+            key = tuple(batch_sizes(b).tolist())
+            if key not in seen:
+                seen.add(key)
+                warm.append(b)
+        mixed = [collate(r, self.config, buckets) for r in wl.mixed_examples(self.shape, 30, 11)]
+        keys = [tuple(batch_sizes(b).tolist()) for b in mixed]
+        self.extra.update(
+            warmup_shapes=len(warm),
+            mixed_distinct_shapes=len(set(keys)),
+            mixed_shapes_not_in_warmup=len(set(keys) - seen),
+            mixed_tokens=int(sum(int(b.inputs.attention_mask.sum()) for b in mixed)),
+        )
+        self.trainer = _trainer(self.model, self.mesh)
+        queue = iter(warm + mixed)
+        self.extra["warmup_steps"] = len(warm)
+
+        def call():
+            before = self.counter.count
+            self.trainer.step([next(queue)])
+            return {"compiles": self.counter.count - before}
+
+        return call
+
+    # ------------------------------------------------------------------ breakdown
+    def breakdown(self, repeats: int = 3) -> dict:
+        """Median seconds of the pieces of one SFT step, each jitted on its own, and XLA's own
+        FLOP count of the forward+backward program."""
+        tr, batch = self.trainer, self.batch
+        examples = wl.sft_examples(self.shape)
+        inputs, targets = sft_mod.shard_batch(self.mesh, batch)
+        params, frozen = tr.state["params"], tr.frozen
+        vision = jax.jit(lambda p, f, x: nnx.merge(tr.graphdef, p, f).vision_features(x))
+        hidden = jax.jit(lambda p, f, x: nnx.merge(tr.graphdef, p, f).hidden_states(x))
+        loss = jax.jit(tr._loss_sum)
+
+        def accumulate():  # the live parameters: apply donates the old ones
+            acc = tr.zero_accumulator()
+            return tr._accumulate(acc, tr.state["params"], frozen, inputs, targets)
+
+        pieces: dict[str, Callable[[], object]] = {
+            "host: collate (numpy, data pipeline)": lambda: collate(
+                examples, self.config, Buckets()
+            ),
+            "host: shard_batch + zero accumulator": lambda: (
+                sft_mod.shard_batch(self.mesh, batch),
+                tr.zero_accumulator(),
+            ),
+            "vision tower forward (frozen)": lambda: vision(params, frozen, inputs),
+            "forward to final hidden states": lambda: hidden(params, frozen, inputs),
+            "forward + loss (LM head on targets)": lambda: loss(params, frozen, inputs, targets),
+            "forward + backward (accumulate)": accumulate,
+        }
+        out: dict = {}
+        for name, fn in pieces.items():
+            jax.block_until_ready(fn())
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn())
+                times.append(time.perf_counter() - t0)
+            out[name] = statistics.median(times)
+        acc = accumulate()
+        apply_times = []
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            tr.state, m = tr._apply(tr.state, *acc)
+            jax.block_until_ready(m)
+            apply_times.append(time.perf_counter() - t0)
+            acc = accumulate()
+        out["clip + AdamW (apply)"] = statistics.median(apply_times[1:])
+        lowered = tr._accumulate.lower(tr.zero_accumulator(), tr.state["params"], frozen, inputs,
+                                       targets)  # fmt: skip
+        cost = lowered.compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        return {"seconds": out, "xla_flops_forward_backward": float(cost.get("flops", 0.0))}
+
+    def trace(self, out_dir: str, steps: int = 2) -> dict:
+        """A jax.profiler trace (TensorBoard / Perfetto) of ``steps`` SFT steps."""
+        jax.profiler.start_trace(out_dir)
+        try:
+            for _ in range(steps):
+                self.call()
+        finally:
+            jax.profiler.stop_trace()
+        return {"dir": out_dir, "steps": steps}
+
+    def info(self) -> dict:
+        return {
+            **self.extra,
+            "compiles": self.counter.count,
+            "compile_seconds": round(self.counter.seconds, 2),
+            "jax": jax.__version__,
+            "devices": str(jax.devices()),
+        }
