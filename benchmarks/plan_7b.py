@@ -40,7 +40,6 @@ import time  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
@@ -63,7 +62,11 @@ from urt_jax.sharding.rules import state_shardings  # noqa: E402
 from urt_jax.train import grpo as grpo_mod  # noqa: E402
 from urt_jax.train import sft as sft_mod  # noqa: E402
 from urt_jax.train.grpo_loss import GRPOLossConfig  # noqa: E402
-from urt_jax.train.optim import learning_rate_schedule, make_optimizer  # noqa: E402
+from urt_jax.train.optim import (  # noqa: E402
+    learning_rate_schedule,
+    make_optimizer,
+    opt_state_shardings,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 1024**3
@@ -102,13 +105,7 @@ def abstract_train_state(params, tx, mesh) -> dict:
     """init_train_state without allocating: the optimiser moments take their parameter's
     sharding and scalars are replicated, as init_train_state places them."""
     rep = replicated_sharding(mesh)
-    shardings = optax.tree_utils.tree_map_params(
-        tx,
-        lambda _, s: s,
-        jax.eval_shape(tx.init, params),
-        jax.tree.map(lambda p: p.sharding, params),
-        transform_non_params=lambda _: rep,
-    )
+    shardings = opt_state_shardings(params, tx, mesh)
     return {
         "params": params,
         "opt_state": jax.tree.map(

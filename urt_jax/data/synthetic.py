@@ -305,7 +305,6 @@ def make_item(
     kind, question, (right, right_key), (wrong, wrong_key) = _question(scene, rng)
     good_first = rng.random() < 0.5
     answers = [right, wrong] if good_first else [wrong, right]
-    seen = _shows("The video" if video else "The image", scene)
     if cfg.trace == "brief":
         keys = [right_key, wrong_key] if good_first else [wrong_key, right_key]
         # the attribute asked about as seen, then each answer's word and whether it agrees
@@ -328,7 +327,7 @@ def make_item(
             s[1],
             _UND_DIMS,
             [(why[0], why[1]), (why[0], why[1]), ("clear", "clear")],
-            [seen],
+            [_shows("The video" if video else "The image", scene)],
         )
     return {
         "id": item_id,

@@ -39,6 +39,22 @@ def make_optimizer(cfg: TrainSection, total_steps: int) -> optax.GradientTransfo
     )
 
 
+def opt_state_shardings(params, tx: optax.GradientTransformation, mesh):
+    """Shardings of ``tx.init(params)``: each moment like its parameter, scalars replicated.
+    ``params`` may be arrays or sharded ShapeDtypeStructs (ahead-of-time planning)."""
+    from urt_jax.sharding.mesh import replicated as replicated_sharding
+
+    # Without explicit out_shardings XLA is free to replicate the moments (it does), which for
+    # 7B on fsdp 8 is 57 GiB of Adam state per device instead of 7.
+    return optax.tree_utils.tree_map_params(
+        tx,
+        lambda _, sharding: sharding,
+        jax.eval_shape(tx.init, params),
+        jax.tree.map(lambda x: x.sharding, params),
+        transform_non_params=lambda _: replicated_sharding(mesh),
+    )
+
+
 def init_train_state(params, tx: optax.GradientTransformation, mesh, seed: int) -> dict:
     """{params, opt_state, step, rng} on the mesh: optimiser moments follow the parameters'
     shardings, scalars are replicated."""
@@ -47,16 +63,7 @@ def init_train_state(params, tx: optax.GradientTransformation, mesh, seed: int) 
     from urt_jax.sharding.mesh import replicated as replicated_sharding
 
     replicated = replicated_sharding(mesh)
-    # Without explicit out_shardings XLA is free to replicate the moments (it does), which for
-    # 7B on fsdp 8 is 57 GiB of Adam state per device instead of 7.
-    shardings = optax.tree_utils.tree_map_params(
-        tx,
-        lambda _, sharding: sharding,
-        jax.eval_shape(tx.init, params),
-        jax.tree.map(lambda x: x.sharding, params),
-        transform_non_params=lambda _: replicated,
-    )
-    opt_state = jax.jit(tx.init, out_shardings=shardings)(params)
+    opt_state = jax.jit(tx.init, out_shardings=opt_state_shardings(params, tx, mesh))(params)
     return {
         "params": params,
         "opt_state": opt_state,
