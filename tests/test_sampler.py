@@ -9,7 +9,7 @@ import torch
 import urt_jax
 from tests import hf_reference as ref
 from urt_jax.generate import sample
-from urt_jax.generate.sampler import _sample_jit
+from urt_jax.generate.sampler import _filter_logits, _sample_jit, inverse_cdf_sample
 from urt_jax.model.inputs import prepare_inputs
 
 N = 10
@@ -120,6 +120,19 @@ def test_sampling_behaviour(pair):
     assert len({tuple(r) for r in a.tokens}) > 1  # the 8 samples of one prompt differ
     nucleus = sample(ours, batch, num_samples=8, max_new_tokens=N, seed=1, top_p=0.5)
     assert nucleus.tokens.shape == (8, N)
+
+
+def test_inverse_cdf_draws_follow_the_distribution():
+    """Frequencies of 40k draws within 5 standard errors of softmax(logits); top-k-filtered
+    entries (probability 0), first and last ones included, are never drawn."""
+    logits = jnp.asarray([[-50.0, 0.3, 1.2, -0.7, 2.0, 0.0, 0.9, -50.0]], jnp.float32)
+    filtered = _filter_logits(logits, top_k=5, top_p=1.0)
+    n = 40_000
+    draws = inverse_cdf_sample(jax.random.key(0), jnp.repeat(filtered, n, axis=0))
+    freq = np.bincount(np.asarray(draws), minlength=8) / n
+    p = np.asarray(jax.nn.softmax(filtered[0]))
+    assert (freq[p == 0] == 0).all() and (p == 0).sum() == 3
+    np.testing.assert_array_less(np.abs(freq - p), 5 * np.sqrt(p * (1 - p) / n) + 1e-12)
 
 
 def test_rows_stop_at_eos_and_are_padded(pair):

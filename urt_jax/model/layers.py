@@ -166,12 +166,20 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 def masked_softmax_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float, spec: str
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array,
+    scale: float,
+    spec: str,
+    value_labels: str | None = None,
 ) -> jax.Array:
     """Eager-equivalent attention: (q.k)*scale, mask, softmax in fp32, cast, weights.v.
 
-    ``spec`` is the einsum for scores, e.g. 'bqhd,bkhd->bhqk'; the value einsum is derived from it.
-    ``mask`` is boolean and broadcast against the scores (True = attend).
+    ``spec`` is the einsum for scores, e.g. 'bqhd,bkhd->bhqk'; the value einsum is derived from it,
+    with ``v`` labelled like ``k`` unless ``value_labels`` says otherwise (a KV cache keeps keys
+    and values in different layouts). ``mask`` is boolean and broadcast against the scores
+    (True = attend).
     """
     lhs, out = spec.split("->")
     qs, ks = lhs.split(",")
@@ -179,5 +187,5 @@ def masked_softmax_attention(
     big_neg = jnp.finfo(jnp.float32).min
     scores = jnp.where(mask, scores.astype(jnp.float32), big_neg)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    # probs carry `out` labels; value has ks labels; result has qs labels.
-    return jnp.einsum(f"{out},{ks}->{qs}", probs, v)
+    # probs carry `out` labels; the result has qs labels.
+    return jnp.einsum(f"{out},{value_labels or ks}->{qs}", probs, v)
