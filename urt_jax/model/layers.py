@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from urt_jax.model.kernels import swiglu
+
 _DTYPES = {
     "float32": jnp.float32,
     "fp32": jnp.float32,
@@ -117,8 +119,14 @@ class GatedMLP(nnx.Module):
         self.up_proj = Dense(dim, hidden, axes=axes, **kw)
         self.down_proj = Dense(hidden, dim, axes=(axes[1], axes[0]), **kw)
         self.act = ACTIVATIONS[act]
+        self.fused = act == "silu" and not use_bias  # the text decoder's MLP
+        self.policy = policy
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.fused:  # same forward, backward written out (urt_jax.model.kernels)
+            dt = self.policy.compute_dtype
+            kernels = (self.gate_proj, self.up_proj, self.down_proj)
+            return swiglu(x.astype(dt), *(m.kernel[...].astype(dt) for m in kernels))
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from urt_jax.model.config import TextConfig
+from urt_jax.model.kernels import gqa_attention
 from urt_jax.model.layers import (
     Dense,
     DTypePolicy,
@@ -54,11 +55,7 @@ class Attention(nnx.Module):
         Query head h uses kv head h // (H / KV), as transformers' repeat_kv.
         """
         b, tq, _, d = q.shape
-        groups = self.num_heads // self.num_kv_heads
-        q = q.reshape(b, tq, self.num_kv_heads, groups, d)
-        o = masked_softmax_attention(
-            q, k, v, mask[:, None, None, :, :], d**-0.5, "bqkgd,bskd->bkgqs"
-        )
+        o = gqa_attention(q, k, v, mask, d**-0.5)
         return self.o_proj(o.reshape(b, tq, self.num_heads * d))
 
     def attend_cache(

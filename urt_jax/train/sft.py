@@ -111,6 +111,7 @@ class SFTTrainer:
             in_shardings=(self.state_shardings, self.param_shardings, replicated, replicated),
             out_shardings=(self.state_shardings, replicated),
         )
+        self._zeros = None
         self.num_trainable = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
         self.num_frozen = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.frozen))
 
@@ -143,17 +144,20 @@ class SFTTrainer:
 
     # ------------------------------------------------------------------ host side
     def zero_accumulator(self):
-        zeros = jax.tree.map(
-            lambda p, s: jax.device_put(jnp.zeros(p.shape, jnp.float32), s),
-            self.state["params"],
-            self.param_shardings,
-        )
-        scalar = replicated_sharding(self.mesh)
-        return (
-            zeros,
-            jax.device_put(jnp.zeros((), jnp.float32), scalar),
-            jax.device_put(jnp.zeros((), jnp.float32), scalar),
-        )
+        """Zero gradients (sharded like the parameters), loss sum and token count: one compiled
+        call (a device_put per parameter cost 86 ms a step on the 60M benchmark model)."""
+        if self._zeros is None:
+            shapes = [p.shape for p in jax.tree.leaves(self.state["params"])]
+            treedef = jax.tree.structure(self.state["params"])
+            scalar = replicated_sharding(self.mesh)
+
+            def zeros():
+                grads = [jnp.zeros(shape, jnp.float32) for shape in shapes]
+                loss, count = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
+                return jax.tree.unflatten(treedef, grads), loss, count
+
+            self._zeros = jax.jit(zeros, out_shardings=(self.param_shardings, scalar, scalar))
+        return self._zeros()
 
     def step(self, micro_batches: list[Batch]) -> dict:
         """One optimiser step over the given micro-batches; returns host metrics."""
