@@ -1,12 +1,15 @@
 """The hand-written backward passes of urt_jax.model.kernels against autodiff of the plain
-formulas they replace (fp32, GQA, causal + padding masks, a key row fully masked on padding)."""
+formulas they replace (fp32, GQA, causal + padding masks, a key row fully masked on padding),
+and the LM head's log-probabilities of target tokens (urt_jax.train.loss)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from urt_jax.model.kernels import gqa_attention, swiglu
+from urt_jax.model.kernels import causal_blocks, gqa_attention, swiglu
 from urt_jax.model.layers import masked_softmax_attention
+from urt_jax.train.loss import token_log_probs
 
 
 def _plain_attention(q, k, v, mask, scale):
@@ -39,22 +42,46 @@ def test_swiglu_matches_autodiff():
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_gqa_attention_matches_autodiff():
+@pytest.mark.parametrize("blocks", [1, 2, 4])
+def test_gqa_attention_matches_autodiff(blocks):
     rng = np.random.default_rng(1)
-    b, t, h, kv, d = 2, 7, 6, 2, 4
+    b, t, h, kv, d = 2, 8, 6, 2, 4
     q = jnp.asarray(rng.standard_normal((b, t, h, d), np.float32))
     k = jnp.asarray(rng.standard_normal((b, t, kv, d), np.float32))
     v = jnp.asarray(rng.standard_normal((b, t, kv, d), np.float32))
     valid = np.ones((b, t), bool)
-    valid[1, :2] = False  # left padding on row 1
+    valid[1, :3] = False  # left padding on row 1: its first queries attend to nothing
     mask = jnp.asarray(np.tril(np.ones((t, t), bool))[None] & valid[:, None, :])
-    got = gqa_attention(q, k, v, mask, d**-0.5)
-    want = _plain_attention(q, k, v, mask, d**-0.5)
-    np.testing.assert_allclose(got, want, atol=1e-6)
-    weights = jnp.asarray(rng.standard_normal((b, t, h, d), np.float32))
-    fn = lambda q, k, v: gqa_attention(q, k, v, mask, d**-0.5)  # noqa: E731
+    fn = lambda q, k, v: gqa_attention(q, k, v, mask, d**-0.5, blocks)  # noqa: E731
     ref = lambda q, k, v: _plain_attention(q, k, v, mask, d**-0.5)  # noqa: E731
+    # queries with no key at all (padding) are never read: blocks average another set of values
+    read = np.asarray(mask).any(-1)[..., None, None]
+    np.testing.assert_allclose(fn(q, k, v) * read, ref(q, k, v) * read, atol=1e-6)
+    weights = jnp.asarray(rng.standard_normal((b, t, h, d), np.float32)) * read
     for got, want in zip(
         _grads(fn, (q, k, v), weights), _grads(ref, (q, k, v), weights), strict=True
+    ):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_causal_blocks():
+    assert [causal_blocks(n) for n in (64, 128, 192, 224, 256, 512, 2048)] == [1, 2, 3, 2, 4, 8, 8]
+
+
+def test_token_log_probs_matches_autodiff():
+    rng = np.random.default_rng(2)
+    h = jnp.asarray(rng.standard_normal((2, 5, 8), np.float32))
+    kernel = jnp.asarray(rng.standard_normal((8, 11), np.float32))
+    targets = jnp.asarray(rng.integers(0, 11, (2, 5)))
+
+    def plain(h, kernel):
+        logp = jax.nn.log_softmax(h @ kernel, axis=-1)
+        return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+
+    fn = lambda h, kernel: token_log_probs(h, kernel, targets)  # noqa: E731
+    np.testing.assert_allclose(fn(h, kernel), plain(h, kernel), atol=1e-5)
+    weights = jnp.asarray(rng.standard_normal((2, 5), np.float32))
+    for got, want in zip(
+        _grads(fn, (h, kernel), weights), _grads(plain, (h, kernel), weights), strict=True
     ):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)

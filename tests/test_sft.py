@@ -149,7 +149,7 @@ def test_loss_is_cross_entropy_on_assistant_tokens_only(setup):
     # the target slots hold exactly the loss-mask positions, in order, padded with 0
     for row in range(len(ids)):
         np.testing.assert_array_equal(index[row][index[row] > 0], np.flatnonzero(mask[row]))
-    total, count = target_nll(hidden, jnp.asarray(ids), jnp.asarray(index), model.logits)
+    total, count = target_nll(hidden, jnp.asarray(ids), jnp.asarray(index), model.output_kernel())
     # direct numpy cross-entropy over the target tokens
     logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
     logp -= logits.max(-1, keepdims=True)
@@ -158,7 +158,9 @@ def test_loss_is_cross_entropy_on_assistant_tokens_only(setup):
     np.testing.assert_allclose(float(total) / float(count), np.mean(want), rtol=1e-5)
     # labels of prompt (non-target) tokens do not matter
     scrambled = np.where(mask, ids, np.random.default_rng(0).integers(0, 4000, ids.shape))
-    total2, _ = target_nll(hidden, jnp.asarray(scrambled), jnp.asarray(index), model.logits)
+    total2, _ = target_nll(
+        hidden, jnp.asarray(scrambled), jnp.asarray(index), model.output_kernel()
+    )
     assert float(total2) == float(total)
 
 

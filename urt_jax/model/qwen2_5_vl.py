@@ -95,6 +95,14 @@ class Qwen25VL(nnx.Module):
             return self.language_model.embed_tokens.attend(hidden)
         return self.lm_head(hidden)
 
+    def output_kernel(self) -> jax.Array:
+        """The LM head as a [D, V] matrix in the compute dtype (the embedding's transpose when
+        tied): ``logits(h) == h @ output_kernel()``."""
+        if self.lm_head is None:
+            embed = self.language_model.embed_tokens
+            return embed.embedding[...].astype(embed.policy.compute_dtype).T
+        return self.lm_head.kernel[...].astype(self.lm_head.policy.compute_dtype)
+
     def forward(self, inputs: ModelInputs) -> jax.Array:
         """Logits [B, T, V] from prepared inputs (jit-friendly)."""
         return self.logits(self.hidden_states(inputs))

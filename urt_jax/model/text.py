@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from urt_jax.model.config import TextConfig
-from urt_jax.model.kernels import gqa_attention
+from urt_jax.model.kernels import causal_blocks, gqa_attention
 from urt_jax.model.layers import (
     Dense,
     DTypePolicy,
@@ -50,12 +50,14 @@ class Attention(nnx.Module):
         return apply_rotary(q, c, s), apply_rotary(k, c, s), v
 
     def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-        """GQA attention. q [B, Tq, H, D]; k, v [B, Tk, KV, D]; mask [B, Tq, Tk] bool.
+        """Causal GQA self-attention. q [B, T, H, D]; k, v [B, T, KV, D]; mask [B, T, T] bool,
+        causal (``causal_padding_mask``): the queries are split into blocks that skip the keys
+        after them (``causal_blocks``).
 
         Query head h uses kv head h // (H / KV), as transformers' repeat_kv.
         """
         b, tq, _, d = q.shape
-        o = gqa_attention(q, k, v, mask, d**-0.5)
+        o = gqa_attention(q, k, v, mask, d**-0.5, causal_blocks(tq))
         return self.o_proj(o.reshape(b, tq, self.num_heads * d))
 
     def attend_cache(

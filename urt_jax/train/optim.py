@@ -79,15 +79,18 @@ def apply_if_finite(tx: optax.GradientTransformation, state: dict, grads, loss):
 
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
 
-    def keep_if_finite(new, old):
-        return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    def update(params, opt_state):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
 
+    # a branch, not a select between both results: the skipped update costs nothing
+    params, opt_state = jax.lax.cond(
+        finite, update, lambda p, o: (p, o), state["params"], state["opt_state"]
+    )
     new_state = {
-        "params": keep_if_finite(params, state["params"]),
-        "opt_state": keep_if_finite(opt_state, state["opt_state"]),
+        "params": params,
+        "opt_state": opt_state,
         "step": state["step"] + 1,
         "rng": state["rng"],
     }

@@ -111,6 +111,11 @@ class SFTTrainer:
             in_shardings=(self.state_shardings, self.param_shardings, replicated, replicated),
             out_shardings=(self.state_shardings, replicated),
         )
+        self._single = jax.jit(
+            self._single_fn,
+            donate_argnums=(0,),
+            out_shardings=(self.state_shardings, replicated),
+        )
         self._zeros = None
         self.num_trainable = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
         self.num_frozen = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.frozen))
@@ -119,7 +124,7 @@ class SFTTrainer:
     def _loss_sum(self, params, frozen, inputs: ModelInputs, target_index):
         model = nnx.merge(self.graphdef, params, frozen)
         hidden = model.hidden_states(inputs)
-        return target_nll(hidden, inputs.input_ids, target_index, model.logits)
+        return target_nll(hidden, inputs.input_ids, target_index, model.output_kernel())
 
     def _accumulate_fn(self, acc, params, frozen, inputs, target_index):
         grads_acc, loss_acc, count_acc = acc
@@ -127,6 +132,13 @@ class SFTTrainer:
             params, frozen, inputs, target_index
         )
         return (jax.tree.map(jnp.add, grads_acc, grads), loss_acc + loss_sum, count_acc + count)
+
+    def _single_fn(self, state, frozen, inputs, target_index):
+        """One micro-batch: gradients and the update in one program (no accumulator)."""
+        (loss_sum, count), grads = jax.value_and_grad(self._loss_sum, has_aux=True)(
+            state["params"], frozen, inputs, target_index
+        )
+        return self._apply_fn(state, grads, loss_sum, count)
 
     def _apply_fn(self, state, grads_sum, loss_sum, count):
         denom = jnp.maximum(count, 1.0)
@@ -162,14 +174,17 @@ class SFTTrainer:
     def step(self, micro_batches: list[Batch]) -> dict:
         """One optimiser step over the given micro-batches; returns host metrics."""
         t0 = time.perf_counter()
-        acc = self.zero_accumulator()
-        tokens = 0
-        for batch in micro_batches:
-            batch = agree_across_processes(batch, self.config)
-            inputs, target_index = shard_batch(self.mesh, batch)
-            acc = self._accumulate(acc, self.state["params"], self.frozen, inputs, target_index)
-            tokens += int(np.asarray(batch.inputs.attention_mask).sum())
-        self.state, metrics = self._apply(self.state, *acc)
+        batches = [agree_across_processes(b, self.config) for b in micro_batches]
+        tokens = sum(int(np.asarray(b.inputs.attention_mask).sum()) for b in batches)
+        if len(batches) == 1:
+            inputs, target_index = shard_batch(self.mesh, batches[0])
+            self.state, metrics = self._single(self.state, self.frozen, inputs, target_index)
+        else:
+            acc = self.zero_accumulator()
+            for batch in batches:
+                inputs, target_index = shard_batch(self.mesh, batch)
+                acc = self._accumulate(acc, self.state["params"], self.frozen, inputs, target_index)
+            self.state, metrics = self._apply(self.state, *acc)
         metrics = {k: np.asarray(v) for k, v in metrics.items()}
         elapsed = time.perf_counter() - t0
         out = {
