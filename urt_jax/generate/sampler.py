@@ -114,23 +114,16 @@ def _prefill(model: Qwen25VL, inputs: ModelInputs, cache_len: int):
 
 
 def _decode_one(
-    model: Qwen25VL,
-    token: jax.Array,
-    position: jax.Array,
-    caches,
-    index,
-    key_valid: jax.Array,
-    kernels,
+    model: Qwen25VL, token: jax.Array, position: jax.Array, caches, index, key_valid: jax.Array
 ):
-    """One decoding step for tokens [R] at M-RoPE position [R]; writes cache slot ``index``.
-    ``kernels``: each layer's ``decode_kernels()``."""
+    """One decoding step for tokens [R] at M-RoPE position [R]; writes cache slot ``index``."""
     x = model.language_model.embed_tokens(token[:, None])
     pos = jnp.broadcast_to(position[None, :, None], (3, token.shape[0], 1))
     cos, sin = mrope_cos_sin(pos, model.config, x.dtype)
     mask = key_valid[:, None, :]  # [R, 1, S]
     new_caches = []
-    for layer, cache, kern in zip(model.language_model.layers, caches, kernels, strict=True):
-        x, cache = layer.decode(x, cos, sin, mask, cache, index, kern)
+    for layer, cache in zip(model.language_model.layers, caches, strict=True):
+        x, cache = layer.decode(x, cos, sin, mask, cache, index)
         new_caches.append(cache)
     return model.logits(model.language_model.norm(x))[:, 0], new_caches
 
@@ -176,7 +169,6 @@ def _sample_jit(
     key_valid = jnp.concatenate([prompt_valid, jnp.zeros((rows, max_new_tokens), bool)], axis=1)
     base_pos = rep(inputs.attention_mask.sum(axis=1) + rope_deltas)  # next position of a row
     eos = jnp.asarray(eos_ids, jnp.int32)
-    kernels = [layer.decode_kernels() for layer in model.language_model.layers]
 
     def cond(carry):
         step, done = carry[0], carry[4]
@@ -195,9 +187,7 @@ def _sample_jit(
         lengths = lengths + (~done).astype(jnp.int32)
         done = done | jnp.isin(choice, eos)
         key_valid = key_valid.at[:, t + step].set(True)
-        logits, caches = _decode_one(
-            model, choice, base_pos + step, caches, t + step, key_valid, kernels
-        )
+        logits, caches = _decode_one(model, choice, base_pos + step, caches, t + step, key_valid)
         return (step + 1, tokens, logprobs, lengths, done, logits, caches, key_valid, rng)
 
     carry = (

@@ -129,20 +129,6 @@ class GatedMLP(nnx.Module):
             return swiglu(x.astype(dt), *(m.kernel[...].astype(dt) for m in kernels))
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
-    def fused_gate_up(self) -> tuple[jax.Array, jax.Array]:
-        """The gate and up kernels stacked [D, 2, I] (the hidden axis keeps its sharding), and
-        the down kernel, in the compute dtype; for ``apply_gate_up``. Bias-free MLPs only."""
-        if self.gate_proj.bias is not None:
-            raise ValueError("fused_gate_up: the MLP has biases")
-        dt = self.policy.compute_dtype
-        gate_up = jnp.stack([self.gate_proj.kernel[...], self.up_proj.kernel[...]], axis=1)
-        return gate_up.astype(dt), self.down_proj.kernel[...].astype(dt)
-
-    def apply_gate_up(self, x: jax.Array, gate_up: jax.Array, down: jax.Array) -> jax.Array:
-        """The MLP with the kernels of ``fused_gate_up``: gate and up as one matmul."""
-        h = jnp.einsum("...d,dki->...ki", x.astype(gate_up.dtype), gate_up)
-        return jnp.dot(self.act(h[..., 0, :]) * h[..., 1, :], down)
-
 
 class RMSNorm(nnx.Module):
     """transformers' Qwen2RMSNorm: statistics in fp32, cast back to the input dtype, then the

@@ -77,35 +77,6 @@ class Attention(nnx.Module):
         q, k, v = self.project_qkv(x, cos, sin)
         return self.attend(q, k, v, mask)
 
-    def fused_qkv(self) -> tuple[jax.Array, jax.Array]:
-        """The q, k and v projections as one kernel [D, KV, G + 2, hd] and bias [KV, G + 2, hd]:
-        each kv head's G query heads, then its key, then its value. Grouped by kv head, the
-        kernel keeps the kv-head sharding of k and v (and of q, head h = kv * G + g)."""
-        kv, g, hd = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
-        dt = self.q_proj.policy.compute_dtype
-
-        def grouped(kernel, bias, n):
-            k = kernel[...].astype(dt).reshape(-1, kv, n, hd)
-            return k, bias[...].astype(dt).reshape(kv, n, hd)
-
-        parts = [
-            grouped(self.q_proj.kernel, self.q_proj.bias, g),
-            grouped(self.k_proj.kernel, self.k_proj.bias, 1),
-            grouped(self.v_proj.kernel, self.v_proj.bias, 1),
-        ]
-        return tuple(jnp.concatenate(p, axis=-2) for p in zip(*parts, strict=True))
-
-    def project_qkv_fused(self, x, cos, sin, kernel, bias):
-        """``project_qkv`` with the kernel and bias of ``fused_qkv``: one matmul, not three
-        (decoding reads every weight once per token, and one large dot uses the cores better
-        than three small ones)."""
-        b, t, _ = x.shape
-        g = self.num_heads // self.num_kv_heads
-        y = jnp.einsum("btd,dkgh->btkgh", x.astype(kernel.dtype), kernel) + bias
-        q = y[:, :, :, :g].reshape(b, t, self.num_heads, self.head_dim)
-        c, s = cos[:, :, None, :], sin[:, :, None, :]
-        return apply_rotary(q, c, s), apply_rotary(y[:, :, :, g], c, s), y[:, :, :, g + 1]
-
 
 class KVCache(NamedTuple):
     """One decoder layer's keys [B, KV, S, D] and values [B, KV, D, S].
@@ -143,16 +114,6 @@ class KVCache(NamedTuple):
         return KVCache(jnp.repeat(self.k, n, axis=0), jnp.repeat(self.v, n, axis=0))
 
 
-class DecodeKernels(NamedTuple):
-    """A decoder layer's weights laid out for decoding, one matmul per projection group:
-    ``Attention.fused_qkv`` and ``GatedMLP.fused_gate_up``."""
-
-    qkv: jax.Array  # [D, KV, G + 2, hd]
-    qkv_bias: jax.Array  # [KV, G + 2, hd]
-    gate_up: jax.Array  # [D, 2, I]
-    down: jax.Array  # [I, D]
-
-
 class DecoderLayer(nnx.Module):
     def __init__(self, cfg: TextConfig, policy: DTypePolicy, rngs: nnx.Rngs):
         norm = dict(eps=cfg.rms_norm_eps, axis_name="norm", policy=policy)
@@ -178,23 +139,14 @@ class DecoderLayer(nnx.Module):
         x = x + self.self_attn.attend(q, k, v, mask)
         return x + self.mlp(self.post_attention_layernorm(x)), (k, v)
 
-    def decode_kernels(self) -> DecodeKernels:
-        """This layer's weights in the layout ``decode`` reads: made once per sampling call,
-        outside the decoding loop."""
-        qkv, qkv_bias = self.self_attn.fused_qkv()
-        return DecodeKernels(qkv, qkv_bias, *self.mlp.fused_gate_up())
-
-    def decode(self, x, cos, sin, mask, cache: KVCache, index, kernels: DecodeKernels):
+    def decode(self, x, cos, sin, mask, cache: KVCache, index):
         """The layer for new tokens x [B, T, D] at cache slots index..index+T-1: their keys and
         values are written to ``cache`` and attention reads the whole cache (mask [B, T, S]).
-        ``kernels`` are ``decode_kernels()``. Returns the output and the updated cache."""
-        q, k, v = self.self_attn.project_qkv_fused(
-            self.input_layernorm(x), cos, sin, kernels.qkv, kernels.qkv_bias
-        )
+        Returns the output and the updated cache."""
+        q, k, v = self.self_attn.project_qkv(self.input_layernorm(x), cos, sin)
         cache = cache.write(k, v, index)
         x = x + self.self_attn.attend_cache(q, cache.k, cache.v, mask)
-        h = self.post_attention_layernorm(x)
-        return x + self.mlp.apply_gate_up(h, kernels.gate_up, kernels.down), cache
+        return x + self.mlp(self.post_attention_layernorm(x)), cache
 
 
 class TextModel(nnx.Module):
