@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from urt_jax.model.kernels import causal_blocks, gqa_attention, swiglu
+from urt_jax.model.kernels import apply_rotary, causal_blocks, gqa_attention, swiglu
 from urt_jax.model.layers import masked_softmax_attention
 from urt_jax.train.loss import token_log_probs
 
@@ -61,6 +61,27 @@ def test_gqa_attention_matches_autodiff(blocks):
     for got, want in zip(
         _grads(fn, (q, k, v), weights), _grads(ref, (q, k, v), weights), strict=True
     ):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_apply_rotary_matches_autodiff():
+    """Gradients for x and for cos/sin broadcast over heads, as autodiff of the plain formula."""
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((2, 5, 3, 8), np.float32))
+    cos, sin = (jnp.asarray(rng.standard_normal((2, 5, 1, 8), np.float32)) for _ in range(2))
+
+    def plain(x, cos, sin):
+        rotated = jnp.concatenate([-x[..., 4:], x[..., :4]], axis=-1)
+        return x * cos + rotated * sin
+
+    np.testing.assert_allclose(apply_rotary(x, cos, sin), plain(x, cos, sin), atol=1e-6)
+    weights = jnp.asarray(rng.standard_normal(x.shape, np.float32))
+    for got, want in zip(
+        _grads(apply_rotary, (x, cos, sin), weights),
+        _grads(plain, (x, cos, sin), weights),
+        strict=True,
+    ):
+        assert got.shape == want.shape
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 

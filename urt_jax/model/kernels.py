@@ -140,11 +140,44 @@ def _attention_backward(scale, blocks, res, d_out):
         ds = jnp.where(keep, probs * (dp - row) * scale, 0.0).astype(qg.dtype)
         dq.append(_ungrouped(jnp.einsum("bkqs,bksd->bkqd", ds, k_), end - start))
         dk_ = jnp.einsum("bkqs,bkqd->bksd", ds, qg)
-        pad = [(0, 0), (0, 0), (0, s - keys), (0, 0)]
-        dk, dv = dk + jnp.pad(dk_, pad), dv + jnp.pad(dv_, pad)
+        dk, dv = dk.at[:, :, :keys].add(dk_), dv.at[:, :, :keys].add(dv_)
     dq = dq[0] if len(dq) == 1 else jnp.concatenate(dq, axis=1)
     dk, dv = dk.astype(kh.dtype), dv.astype(vh.dtype)
     return dq, dk.transpose(0, 2, 1, 3), dv.transpose(0, 2, 1, 3), None
 
 
 gqa_attention.defvjp(_attention_forward, _attention_backward)
+
+
+# ------------------------------------------------------------------------------------- RoPE
+def rotate_half(x: jax.Array) -> jax.Array:
+    half = x.shape[-1] // 2
+    return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+@jax.custom_vjp
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """``x * cos + rotate_half(x) * sin``, cos and sin broadcast against x."""
+    return _rotary_forward(x, cos, sin)[0]
+
+
+def _rotary_forward(x, cos, sin):
+    return x * cos + rotate_half(x) * sin, (x, cos, sin)
+
+
+def _sum_to(g: jax.Array, like: jax.Array) -> jax.Array:
+    """``g`` summed over the dimensions ``like`` was broadcast along (same rank)."""
+    axes = tuple(i for i, (a, b) in enumerate(zip(g.shape, like.shape, strict=True)) if a != b)
+    return jnp.sum(g, axis=axes, keepdims=True).astype(like.dtype) if axes else g.astype(like.dtype)
+
+
+def _rotary_backward(res, dy):
+    # rotate_half is the linear map R(x) = [-x2, x1], whose transpose is -R: so
+    # dx = dy * cos - R(dy * sin). Autodiff instead produced pads and slices of the rotation
+    # fused with the transpose the weight gradient reads (and cos recomputed per head inside it).
+    x, cos, sin = res
+    dx = dy * cos - rotate_half(dy * sin)
+    return dx.astype(x.dtype), _sum_to(dy * x, cos), _sum_to(dy * rotate_half(x), sin)
+
+
+apply_rotary.defvjp(_rotary_forward, _rotary_backward)

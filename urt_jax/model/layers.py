@@ -164,15 +164,6 @@ class Embed(nnx.Module):
         return jnp.dot(x.astype(dt), self.embedding[...].astype(dt).T)
 
 
-def rotate_half(x: jax.Array) -> jax.Array:
-    half = x.shape[-1] // 2
-    return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-
-
-def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    return x * cos + rotate_half(x) * sin
-
-
 def masked_softmax_attention(
     q: jax.Array,
     k: jax.Array,

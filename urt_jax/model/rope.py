@@ -40,7 +40,9 @@ def mrope_cos_sin(
         [freqs[axis, ..., bounds[axis] : bounds[axis + 1]] for axis in range(3)], axis=-1
     )
     emb = jnp.concatenate([freqs, freqs], axis=-1)
-    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+    # Computed once and kept: without the barrier XLA:CPU fuses cos/sin into every consumer,
+    # recomputing them per head in every layer's forward and backward.
+    return jax.lax.optimization_barrier((jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)))
 
 
 def token_types(input_ids: np.ndarray, config: Qwen25VLConfig) -> np.ndarray:

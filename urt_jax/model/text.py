@@ -9,14 +9,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from urt_jax.model.config import TextConfig
-from urt_jax.model.kernels import causal_blocks, gqa_attention
+from urt_jax.model.kernels import apply_rotary, causal_blocks, gqa_attention
 from urt_jax.model.layers import (
     Dense,
     DTypePolicy,
     Embed,
     GatedMLP,
     RMSNorm,
-    apply_rotary,
     masked_softmax_attention,
 )
 from urt_jax.model.remat import call_block

@@ -12,12 +12,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from urt_jax.model.config import VisionConfig
+from urt_jax.model.kernels import apply_rotary
 from urt_jax.model.layers import (
     Dense,
     DTypePolicy,
     GatedMLP,
     RMSNorm,
-    apply_rotary,
     masked_softmax_attention,
 )
 from urt_jax.model.remat import call_block
