@@ -56,6 +56,23 @@ def summary(r: dict) -> list[str]:
                 ]
             )
         )
+    if "sampling_speedup_bound_vs_hf" in m:
+        fl, hf = r["sampling"]["decode_floor"], r["sampling"]["hf_best"]
+        steps = r["shape"]["new_tokens"]
+        out.append(
+            _row(
+                [
+                    f"Sampling floor: weight matmuls alone ({fl['weight_mib_per_step']:.0f} MiB "
+                    f"read per step, {fl['best']}), ms per step (call / new tokens)",
+                    _f(1e3 * r["sampling"]["urt_jax"]["median_s"] / steps, 2)
+                    + f" (floor {fl['step_ms']:.2f})",
+                    _f(1e3 * r["sampling"][hf]["median_s"] / steps, 2),
+                    f"bound {m['sampling_speedup_bound_vs_hf']:.2f}x",
+                    "-",
+                    "-",
+                ]
+            )
+        )
     if "mfu_vs_measured_peak" in m:
         s, hf = r["sft"], r["sft"]["hf_best"]
         peak = r["matmul"]["peak_gflops"]

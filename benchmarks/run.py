@@ -37,6 +37,7 @@ GOALS = {
     "sampling_speedup_vs_hf": (">=", 3.0),
     "mfu_vs_measured_peak": (">=", 0.5),
     "recompiles_after_warmup": ("==", 0),
+    "sampling_speedup_bound_vs_hf": None,
 }
 HF_SIDES = {"transformers (sdpa)": "sdpa", "transformers (eager)": "eager"}
 
@@ -248,6 +249,10 @@ def main() -> None:
         res = compare("sample", side_args("sample", args), args, new, warmup=1)
         res["hf_best"] = hf = best_hf(res)
         metrics["sampling_speedup_vs_hf"] = res["urt_jax"]["per_s"] / res[hf]["per_s"]
+        floor = decode_floor(args, new)
+        res["decode_floor"] = floor
+        # no sampler can decode faster than its weights stream through the matmuls
+        metrics["sampling_speedup_bound_vs_hf"] = res[hf]["median_s"] / floor["median_s"]
         results["sampling"] = res
     if stage("recompiles"):
         results["recompiles"] = res = recompiles(args)
@@ -262,6 +267,22 @@ def main() -> None:
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(write_markdown(results))
     print(f"[bench] wrote {args.out}/results.json and results.md", file=sys.stderr)
+
+
+def decode_floor(args: argparse.Namespace, new_tokens: int) -> dict:
+    """The decode floor (benchmarks/side_hf.DecodeFloor) in jax and torch; the faster counts."""
+    common = ["--task", "decode_floor", "--side", "lib", "--model", args.model_dir]
+    sides = {lib: [*common, "--shape", args.shape, "--lib", lib] for lib in ("jax", "torch")}
+    res = compare("decode_floor", sides, args, new_tokens, warmup=1)
+    best = min(sides, key=lambda lib: res[lib]["median_s"])
+    steps = res[best]["info"]["steps_per_call"]
+    return {
+        "sides": res,
+        "best": best,
+        "median_s": res[best]["median_s"],
+        "step_ms": 1e3 * res[best]["median_s"] / steps,
+        "weight_mib_per_step": res[best]["info"]["weight_bytes_per_step"] / 2**20,
+    }
 
 
 def recompiles(args: argparse.Namespace) -> dict:

@@ -145,3 +145,78 @@ class Matmul:
 
     def info(self) -> dict:
         return self.extra
+
+
+class DecodeFloor:
+    """The memory-bound floor of one decoding step: per call, ``new_tokens`` steps that push
+    ``samples`` rows through every decoder weight matmul (q, k, v, o, gate, up, down) and the
+    LM head, with the checkpoint's own weights, and nothing else (no attention, norms, RoPE or
+    sampling). Each step reads every weight once, which at a few rows is what bounds decoding
+    on a CPU; run in torch and in jax (a jitted fori_loop), the faster is the floor."""
+
+    NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+             "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")  # fmt: skip
+
+    def __init__(self, lib: str, model_dir: str, shape: wl.Shape):
+        import glob
+
+        from safetensors.numpy import load_file
+
+        tensors: dict[str, np.ndarray] = {}
+        for path in sorted(glob.glob(os.path.join(model_dir, "*.safetensors"))):
+            tensors.update(load_file(path))
+        prefix = next(k for k in tensors if k.endswith("layers.0.mlp.up_proj.weight"))
+        prefix = prefix[: -len("0.mlp.up_proj.weight")]
+        # [in, out] as both sides multiply rows by them
+        layers = [
+            [np.ascontiguousarray(tensors[f"{prefix}{i}.{n}.weight"].T) for n in self.NAMES]
+            for i in range(shape.layers)
+        ]
+        head = np.ascontiguousarray(tensors["lm_head.weight"].T)
+        rows, steps, width = shape.samples, shape.new_tokens, shape.hidden
+        self.extra = {"lib": lib, "rows": rows, "steps_per_call": steps,
+                      "weight_bytes_per_step": int(sum(w.nbytes for ws in layers for w in ws)
+                                                   + head.nbytes)}  # fmt: skip
+        x0 = np.full((rows, width), 0.01, np.float32)
+        if lib == "jax":
+            import jax
+            import jax.numpy as jnp
+
+            def one(x, weights, head):
+                for q, k, v, o, g, u, d in weights:
+                    a = (x @ q).at[:, : k.shape[1]].add(x @ k + x @ v)
+                    x = x + a @ o
+                    x = x + (jax.nn.silu(x @ g) * (x @ u)) @ d
+                    x = x * 1e-3  # keeps the activations bounded over many steps
+                return x + (x @ head)[:, :width] * 1e-6
+
+            @jax.jit
+            def loop(x, w, h):
+                return jax.lax.fori_loop(0, steps, lambda _, c: one(c, w, h), x)
+
+            jw, jh, jx = jax.tree.map(jnp.asarray, (layers, head, x0))
+            fn = lambda: loop(jx, jw, jh).block_until_ready()  # noqa: E731
+        else:
+            torch = _torch()
+            tw = [[torch.from_numpy(w) for w in ws] for ws in layers]
+            th, tx = torch.from_numpy(head), torch.from_numpy(x0)
+
+            def fn():
+                with torch.inference_mode():
+                    x = tx
+                    for _ in range(steps):
+                        for q, k, v, o, g, u, d in tw:
+                            a = x @ q
+                            a[:, : k.shape[1]] += x @ k + x @ v
+                            x = x + a @ o
+                            x = x + (torch.nn.functional.silu(x @ g) * (x @ u)) @ d
+                            x = x * 1e-3
+                        x = x + (x @ th)[:, :width] * 1e-6
+
+        def call() -> None:
+            fn()
+
+        self.call = call
+
+    def info(self) -> dict:
+        return self.extra

@@ -1,8 +1,9 @@
 """One side of one measurement, in its own process (so that its peak memory is its own), driven
 by benchmarks/run.py over stdin/stdout, one JSON object a line.
 
-    python benchmarks/worker.py --task sft|forward|sample|recompiles|matmul --side ours|hf|lib
-        --model DIR --shape default|quick [--attn sdpa|eager] [--lib numpy|jax|torch]
+    python benchmarks/worker.py --task sft|forward|sample|recompiles|matmul|decode_floor
+        --side ours|hf|lib --model DIR --shape default|quick [--attn sdpa|eager]
+        [--lib numpy|jax|torch]
 
 Commands: {"op": "run", "n": k} runs k timed calls; {"op": "reset_peak"} restarts peak-memory
 tracking; {"op": "memory"} reports it; {"op": "breakdown"} (urt_jax SFT only) times the step's
@@ -71,7 +72,7 @@ def resolve(args: argparse.Namespace):
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
-    from benchmarks.side_hf import HF, Matmul
+    from benchmarks.side_hf import HF, DecodeFloor, Matmul
 
     if args.side == "hf":
         return lambda: HF(args.task, args.model, shape, args.attn)
@@ -79,6 +80,8 @@ def resolve(args: argparse.Namespace):
         import jax
 
         jax.devices()
+    if args.task == "decode_floor":
+        return lambda: DecodeFloor(args.lib, args.model, shape)
     return lambda: Matmul(args.lib, args.n)
 
 
