@@ -122,16 +122,20 @@ def test_sampling_behaviour(pair):
     assert nucleus.tokens.shape == (8, N)
 
 
-def test_inverse_cdf_draws_follow_the_distribution():
+@pytest.mark.parametrize("block", [128, 3])
+def test_inverse_cdf_draws_follow_the_distribution(block):
     """Frequencies of 40k draws within 5 standard errors of softmax(logits); top-k-filtered
-    entries (probability 0), first and last ones included, are never drawn."""
-    logits = jnp.asarray([[-50.0, 0.3, 1.2, -0.7, 2.0, 0.0, 0.9, -50.0]], jnp.float32)
+    entries (probability 0), first and last ones included, are never drawn. Block 3 puts the
+    10 entries into 4 blocks (the last one padded), the second of them all filtered."""
+    big = -50.0
+    logits = jnp.asarray([[big, 0.3, 1.2, big, big, big, 2.0, 0.0, 0.9, big]], jnp.float32)
     filtered = _filter_logits(logits, top_k=5, top_p=1.0)
     n = 40_000
-    draws = inverse_cdf_sample(jax.random.key(0), jnp.repeat(filtered, n, axis=0))
-    freq = np.bincount(np.asarray(draws), minlength=8) / n
+    draws = inverse_cdf_sample(jax.random.key(0), jnp.repeat(filtered, n, axis=0), block)
+    freq = np.bincount(np.asarray(draws), minlength=10) / n
+    assert freq.shape == (10,)  # no draw past the vocabulary
     p = np.asarray(jax.nn.softmax(filtered[0]))
-    assert (freq[p == 0] == 0).all() and (p == 0).sum() == 3
+    assert (freq[p == 0] == 0).all() and (p == 0).sum() == 5
     np.testing.assert_array_less(np.abs(freq - p), 5 * np.sqrt(p * (1 - p) / n) + 1e-12)
 
 

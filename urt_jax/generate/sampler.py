@@ -84,21 +84,38 @@ def _choose(
     return inverse_cdf_sample(key, filtered)
 
 
-def inverse_cdf_sample(key: jax.Array, logits: jax.Array) -> jax.Array:
+def inverse_cdf_sample(key: jax.Array, logits: jax.Array, block: int = 128) -> jax.Array:
     """One draw per row from softmax(logits [R, V]) by inverting its cumulative distribution.
 
     One uniform per row: ``jax.random.categorical`` (Gumbel-max) draws one per vocabulary entry,
-    and at a 32k vocabulary its random bits cost about 7x this on a CPU. Entries whose
-    probability is 0 (filtered by top-k / top-p) are never drawn.
+    and at a 32k vocabulary its random bits cost about 7x this on a CPU. The inversion is done
+    in two levels, first over the masses of blocks of ``block`` entries and then inside the
+    chosen block, so that no cumulative sum runs over the whole vocabulary (a 32k-long cumsum
+    is a reduce-window on XLA:CPU, 0.3 ms of every decoding step on the benchmark shape).
+    Entries whose probability is 0 (filtered by top-k / top-p) are never drawn.
     """
     logits = logits.astype(jnp.float32)
+    rows, vocab = logits.shape
     probs = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
-    cdf = jnp.cumsum(probs, axis=-1)
-    u = jax.random.uniform(key, (logits.shape[0], 1), jnp.float32) * cdf[:, -1:]
-    index = jnp.sum(cdf <= u, axis=-1)  # the first entry whose cumulative mass passes u
-    ids = jnp.arange(logits.shape[-1])
-    last = jnp.max(jnp.where(probs > 0, ids, 0), axis=-1)  # u rounded up to the total
-    return jnp.minimum(index, last)
+    blocks = -(-vocab // block)
+    probs = jnp.pad(probs, ((0, 0), (0, blocks * block - vocab))).reshape(rows, blocks, block)
+    block_mass = jnp.sum(probs, axis=-1)  # [R, blocks]
+    block_cdf = jnp.cumsum(block_mass, axis=-1)
+    u = jax.random.uniform(key, (rows, 1), jnp.float32) * block_cdf[:, -1:]
+    chosen = _first_past(block_cdf, u, block_mass)
+    inside = jnp.take_along_axis(probs, chosen[:, None, None], axis=1)[:, 0]  # [R, block]
+    previous = jnp.maximum(chosen - 1, 0)[:, None]
+    before = jnp.where(chosen[:, None] > 0, jnp.take_along_axis(block_cdf, previous, 1), 0.0)
+    index = _first_past(before + jnp.cumsum(inside, axis=-1), u, inside)
+    return chosen * block + index
+
+
+def _first_past(cdf: jax.Array, u: jax.Array, mass: jax.Array) -> jax.Array:
+    """Per row, the first entry of ``cdf`` [R, N] above ``u`` [R, 1], never one whose ``mass``
+    is 0 (rounding can put u at or past the total: the last entry with mass is taken then)."""
+    ids = jnp.arange(cdf.shape[-1])
+    last = jnp.max(jnp.where(mass > 0, ids, 0), axis=-1)
+    return jnp.minimum(jnp.sum(cdf <= u, axis=-1), last)
 
 
 def _prefill(model: Qwen25VL, inputs: ModelInputs, cache_len: int):
