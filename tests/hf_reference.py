@@ -34,6 +34,14 @@ _V5_PREFIXES = ("model.language_model.", "model.visual.", "lm_head.")
 
 Model = Qwen2_5_VLForConditionalGeneration
 Batch = dict[str, np.ndarray]
+# The vision inputs of a batch, as the processor names them (what urt_jax's model also takes).
+MEDIA_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "pixel_values_videos",
+    "video_grid_thw",
+    "second_per_grid_ts",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,6 +233,15 @@ def save_model(
     if config_style == "flat":
         with open(os.path.join(out_dir, "config.json"), "w") as f:
             json.dump(flat_config_dict(model), f, indent=2, sort_keys=True)
+
+
+def save_and_load_ours(model: Model, out_dir: str | os.PathLike):
+    """Saves ``model`` (legacy layout) and loads it with urt_jax at fp32: (model, ours), the
+    pair a parity test compares."""
+    import urt_jax
+
+    save_model(model, out_dir)
+    return model, urt_jax.from_pretrained(out_dir, dtype="float32")
 
 
 def saved_keys(out_dir: str | os.PathLike) -> list[str]:

@@ -9,9 +9,8 @@ import pytest
 import torch
 from flax import nnx
 
-import urt_jax
 from tests import hf_reference as ref
-from urt_jax.model.hf import conversion_rules, legacy_key
+from urt_jax.model.hf import hf_tensors, legacy_key
 from urt_jax.model.inputs import prepare_inputs
 from urt_jax.train.loss import target_nll
 
@@ -20,25 +19,16 @@ ROWS = [
     [("text", 6), ("image", (4, 6)), ("text", 5)],
 ]
 TARGETS = 5  # the last tokens of every row (left padding: each row ends at the array's end)
-MEDIA = (
-    "pixel_values",
-    "image_grid_thw",
-    "pixel_values_videos",
-    "video_grid_thw",
-    "second_per_grid_ts",
-)
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     hf = ref.make_model(ref.tiny_config(tie_word_embeddings=False), seed=4, qk_gain=4.0)
-    path = tmp_path_factory.mktemp("grad_parity")
-    ref.save_model(hf, path)
-    return hf, urt_jax.from_pretrained(path, dtype="float32")
+    return ref.save_and_load_ours(hf, tmp_path_factory.mktemp("grad_parity"))
 
 
 def _hf_gradients(hf, batch, target_index) -> dict[str, np.ndarray]:
-    t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
+    t = ref._to_torch(batch)
     hf.model.rope_deltas = None
     hf.zero_grad(set_to_none=True)
     logits = hf(**t, use_cache=False).logits.float()
@@ -58,7 +48,7 @@ def _our_gradients(ours, batch, target_index) -> dict[str, np.ndarray]:
         ours.config,
         batch["input_ids"],
         batch["attention_mask"],
-        **{k: batch[k] for k in MEDIA if k in batch},
+        **{k: batch[k] for k in ref.MEDIA_KEYS if k in batch},
     )
     inputs = jax.tree.map(jnp.asarray, inputs)
     graphdef, params, rest = nnx.split(ours, nnx.Param, ...)
@@ -70,13 +60,8 @@ def _our_gradients(ours, batch, target_index) -> dict[str, np.ndarray]:
             hidden, inputs.input_ids, jnp.asarray(target_index), model.output_kernel()
         )[0]
 
-    flat = dict(nnx.to_flat_state(jax.grad(loss)(params)))
-    out = {}
-    for rule in conversion_rules(ours.config):
-        var = flat[rule.path]
-        value = np.asarray(var.get_value() if hasattr(var, "get_value") else var.value)
-        out[rule.hf_key] = rule.transform.to_hf(value, rule.hf_shape)
-    return out
+    # the gradients in the parameters' places, through the export's conversion table
+    return dict(hf_tensors(nnx.merge(graphdef, jax.grad(loss)(params), rest)))
 
 
 def test_loss_gradients_match_transformers(pair):

@@ -23,9 +23,7 @@ def untied(tmp_path_factory):
     # qk_gain sharpens attention: with near-uniform attention a swapped M-RoPE axis moves the
     # logits by only ~2e-4; at gain 4 by ~4e-3, far outside the 1e-4 tolerance.
     hf = ref.make_model(ref.tiny_config(tie_word_embeddings=False), seed=0, qk_gain=4.0)
-    path = tmp_path_factory.mktemp("untied")
-    ref.save_model(hf, path)
-    return hf, urt_jax.from_pretrained(path, dtype="float32")
+    return ref.save_and_load_ours(hf, tmp_path_factory.mktemp("untied"))
 
 
 @pytest.fixture(scope="session")
@@ -33,21 +31,11 @@ def tied(tmp_path_factory):
     hf = ref.make_model(
         ref.tiny_config(tie_word_embeddings=True, num_key_value_heads=1), seed=1, qk_gain=4.0
     )
-    path = tmp_path_factory.mktemp("tied")
-    ref.save_model(hf, path)
-    return hf, urt_jax.from_pretrained(path, dtype="float32")
+    return ref.save_and_load_ours(hf, tmp_path_factory.mktemp("tied"))
 
 
 def _ours(model, batch):
-    keys = (
-        "input_ids",
-        "attention_mask",
-        "pixel_values",
-        "image_grid_thw",
-        "pixel_values_videos",
-        "video_grid_thw",
-        "second_per_grid_ts",
-    )
+    keys = ("input_ids", "attention_mask", *ref.MEDIA_KEYS)
     return np.asarray(model(**{k: batch[k] for k in keys if k in batch}), np.float32)
 
 

@@ -19,9 +19,7 @@ EOS = ref.EOS_ID
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     hf = ref.make_model(ref.tiny_config(), seed=0)
-    path = tmp_path_factory.mktemp("gen")
-    ref.save_model(hf, path)
-    return hf, urt_jax.from_pretrained(path, dtype="float32")
+    return ref.save_and_load_ours(hf, tmp_path_factory.mktemp("gen"))
 
 
 CASES = {
