@@ -53,20 +53,14 @@ from benchmarks.plan_shapes import (  # noqa: E402
     reduced_config,
     sft_batch,
 )
-from urt_jax.config import GRPOSection, load_run_config, options_from  # noqa: E402
+from urt_jax.config import GRPOSection, load_run_config  # noqa: E402
 from urt_jax.model.config import Qwen25VLConfig  # noqa: E402
-from urt_jax.model.qwen2_5_vl import Qwen25VL  # noqa: E402
+from urt_jax.sharding.init import abstract_model  # noqa: E402
 from urt_jax.sharding.mesh import MeshConfig, make_mesh  # noqa: E402
 from urt_jax.sharding.mesh import replicated as replicated_sharding  # noqa: E402
-from urt_jax.sharding.rules import state_shardings  # noqa: E402
-from urt_jax.train import grpo as grpo_mod  # noqa: E402
-from urt_jax.train import sft as sft_mod  # noqa: E402
-from urt_jax.train.grpo_loss import GRPOLossConfig  # noqa: E402
-from urt_jax.train.optim import (  # noqa: E402
-    learning_rate_schedule,
-    make_optimizer,
-    opt_state_shardings,
-)
+from urt_jax.train.grpo import GRPOTrainer  # noqa: E402
+from urt_jax.train.optim import init_train_state, make_optimizer  # noqa: E402
+from urt_jax.train.sft import SFTTrainer, shard_batch, trainable_filter  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 1024**3
@@ -84,38 +78,6 @@ def nbytes(tree) -> int:
 def batch_ways(mesh) -> int:
     """Devices the batch is split over (data x fsdp); tensor-parallel devices share rows."""
     return int(mesh.shape["data"] * mesh.shape["fsdp"])
-
-
-def abstract_split(config: Qwen25VLConfig, dtype: str, remat: str, mesh):
-    """(graphdef, trainable, frozen): abstract, sharded by the rules table, vision frozen."""
-    model = nnx.eval_shape(lambda: Qwen25VL(config, dtype=dtype, remat=remat, rngs=nnx.Rngs(0)))
-    graphdef, params, frozen = nnx.split(model, sft_mod.trainable_filter(True), ...)
-
-    def place(state):
-        return jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            state,
-            state_shardings(state, mesh),
-        )
-
-    return model, graphdef, place(params), place(frozen)
-
-
-def abstract_train_state(params, tx, mesh) -> dict:
-    """init_train_state without allocating: the optimiser moments take their parameter's
-    sharding and scalars are replicated, as init_train_state places them."""
-    rep = replicated_sharding(mesh)
-    shardings = opt_state_shardings(params, tx, mesh)
-    return {
-        "params": params,
-        "opt_state": jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            jax.eval_shape(tx.init, params),
-            shardings,
-        ),
-        "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
-        "rng": jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep),
-    }
 
 
 def analyse(lowered) -> dict:
@@ -138,9 +100,9 @@ def analyse(lowered) -> dict:
 def compile_sft(config, run, mesh, cases) -> dict:
     """The project's SFTTrainer jits (accumulate = forward + backward of one micro-batch,
     apply = clip + AdamW), built by its own constructor on an abstract model."""
-    model, _, params, frozen = abstract_split(config, run.model.dtype, run.model.remat, mesh)
-    sft_mod.init_train_state = lambda p, tx, m, seed: abstract_train_state(params, tx, m)
-    trainer = sft_mod.SFTTrainer(model, mesh, run.train, run.train.max_steps, run.seed)
+    model = abstract_model(config, mesh, run.model.dtype, run.model.remat)
+    trainer = SFTTrainer(model, mesh, run.train, run.train.max_steps, run.seed)
+    params, frozen = trainer.state["params"], trainer.frozen
     rep = replicated_sharding(mesh)
     scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)
     grads = jax.tree.map(
@@ -148,7 +110,7 @@ def compile_sft(config, run, mesh, cases) -> dict:
     )
     out = {"apply": analyse(trainer._apply.lower(trainer.state, grads, scalar, scalar))}
     for name, (rows, length) in cases.items():
-        placed = sft_mod.shard_batch(mesh, sft_batch(config, rows, length, run.data))
+        placed = shard_batch(mesh, sft_batch(config, rows, length, run.data))
         batch = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), placed
         )
@@ -163,27 +125,11 @@ def compile_sft(config, run, mesh, cases) -> dict:
 
 
 def compile_grpo(config, run, mesh, g: GRPOSection) -> dict:
-    """GRPOTrainer's jitted pieces (reference log-probs: forward; update: forward, backward,
-    AdamW) on an abstract model; the jit wrappers are those of GRPOTrainer.__init__, rebuilt
-    here because the constructor copies the parameters on the device."""
-    _, graphdef, params, frozen = abstract_split(config, run.model.dtype, run.model.remat, mesh)
-    trainer = grpo_mod.GRPOTrainer.__new__(grpo_mod.GRPOTrainer)
-    trainer.mesh, trainer.g = mesh, g
-    trainer.train = grpo_mod.optimizer_settings(run.train, g)
-    trainer.loss_cfg = options_from(GRPOLossConfig, g)
-    trainer.graphdef = graphdef
-    trainer.tx = make_optimizer(trainer.train, trainer.train.max_steps)
-    trainer.schedule = learning_rate_schedule(trainer.train, trainer.train.max_steps)
-    state = abstract_train_state(params, trainer.tx, mesh)
-    state_shardings_ = jax.tree.map(lambda x: x.sharding, state)
-    rep = replicated_sharding(mesh)
-    logprobs = jax.jit(trainer._logprobs_fn, static_argnames=("prompt_length",))
-    update = jax.jit(
-        trainer._update_fn,
-        donate_argnums=(0,),
-        static_argnames=("prompt_length",),
-        out_shardings=(state_shardings_, rep),
-    )
+    """GRPOTrainer's jits (reference log-probs: forward; update: forward, backward, AdamW),
+    built by its own constructor on an abstract model."""
+    model = abstract_model(config, mesh, run.model.dtype, run.model.remat)
+    trainer = GRPOTrainer(model, mesh, run.train, g, run.seed)
+    params, frozen = trainer.state["params"], trainer.frozen
     inputs, p, n = grpo_inputs(config, mesh, g, run.data)
     rows = inputs.input_ids.shape[0]
     batch = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
@@ -191,9 +137,11 @@ def compile_grpo(config, run, mesh, g: GRPOSection) -> dict:
     adv = jax.ShapeDtypeStruct((rows,), jnp.float32, sharding=batch)
     ref = jax.ShapeDtypeStruct((rows, n), jnp.float32, sharding=batch)
     return {
-        "ref_logprobs": analyse(logprobs.lower(params, frozen, inputs, prompt_length=p)),
+        "ref_logprobs": analyse(trainer._logprobs.lower(params, frozen, inputs, prompt_length=p)),
         "update": analyse(
-            update.lower(state, frozen, inputs, mask, adv, None, ref, prompt_length=p)
+            trainer._update.lower(
+                trainer.state, frozen, inputs, mask, adv, None, ref, prompt_length=p
+            )
         ),
         "input_bytes": nbytes((inputs, mask, adv, ref)),
         "carry_bytes": rows // batch_ways(mesh) * (p + n) * config.text.hidden_size * 4,
@@ -205,9 +153,10 @@ def compile_grpo(config, run, mesh, g: GRPOSection) -> dict:
 
 def resident_bytes(config, run, mesh) -> dict:
     """Exact per-device bytes of the full model's parameters, optimiser state and gradients."""
-    _, _, params, frozen = abstract_split(config, run.model.dtype, run.model.remat, mesh)
+    model = abstract_model(config, mesh, run.model.dtype, run.model.remat)
+    _, params, frozen = nnx.split(model, trainable_filter(run.train.freeze_vision), ...)
     tx = make_optimizer(run.train, run.train.max_steps)
-    opt = abstract_train_state(params, tx, mesh)["opt_state"]
+    opt = init_train_state(params, tx, mesh, run.seed)["opt_state"]
     p = nbytes(params)
     return {
         "trainable_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),

@@ -18,10 +18,11 @@ from urt_jax.data.synthetic import SyntheticConfig, write_synthetic
 from urt_jax.data.templates import Templates
 from urt_jax.data.tokenizer import load_tokenizer
 from urt_jax.model.config import Qwen25VLConfig
-from urt_jax.sharding.init import init_model
+from urt_jax.sharding.init import abstract_model, init_model
 from urt_jax.sharding.mesh import MeshConfig, make_mesh
 from urt_jax.train.grpo import GRPOTrainer
 from urt_jax.train.grpo_loss import group_advantages
+from urt_jax.train.sft import put_global
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = TrainSection(weight_decay=0.0, max_grad_norm=1e9, progress=False)
@@ -144,3 +145,23 @@ def test_sharded_update_matches(setup):
         results.append((metrics["loss"], _seq_logp(trainer, rollouts, trainer.state["params"])))
     assert results[1][0] == pytest.approx(results[0][0], rel=1e-5, abs=1e-6)
     np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-4, atol=1e-4)
+
+
+def test_trainer_on_an_abstract_model_lowers_the_program_it_trains_with(setup):
+    # benchmarks/plan_7b.py compiles GRPO's update from an abstract model (nothing allocated,
+    # no reference copy made): the same program as a trainer on real weights
+    config, rollouts = setup
+    mesh = make_mesh(MeshConfig(2, 2, 2))
+    planned = GRPOTrainer(abstract_model(config, mesh), mesh, TRAIN, _grpo(beta=0.04))
+    real = GRPOTrainer(init_model(config, seed=0, mesh=mesh), mesh, TRAIN, _grpo(beta=0.04))
+    leaves = jax.tree.leaves((planned.state, planned.frozen, planned.ref_params))
+    assert leaves and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
+    inputs = rollouts.inputs.map_with_batch_axis(lambda a, axis=0: put_global(mesh, a, axis))
+    mask = put_global(mesh, rollouts.completion_mask, 0)
+    adv = put_global(mesh, np.zeros(mask.shape[0], np.float32), 0)
+    p = rollouts.prompt_length
+
+    def program(t):
+        return t._update.lower(t.state, t.frozen, inputs, mask, adv, None, mask, prompt_length=p)
+
+    assert program(planned).as_text() == program(real).as_text()

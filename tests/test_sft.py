@@ -18,11 +18,11 @@ from urt_jax.data.synthetic import SyntheticConfig, write_synthetic
 from urt_jax.data.templates import Templates
 from urt_jax.data.tokenizer import load_tokenizer
 from urt_jax.model.config import Qwen25VLConfig
-from urt_jax.sharding.init import init_model
+from urt_jax.sharding.init import abstract_model, init_model
 from urt_jax.sharding.mesh import MeshConfig, make_mesh
 from urt_jax.sharding.rules import logical_to_spec
 from urt_jax.train.loss import target_nll
-from urt_jax.train.sft import NonFiniteLossError, SFTTrainer
+from urt_jax.train.sft import NonFiniteLossError, SFTTrainer, shard_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = TrainSection(
@@ -215,3 +215,19 @@ def test_bf16_compute_with_fp32_master_weights(setup):
     assert np.isfinite(metrics["loss"]) and abs(metrics["loss"] - fp32_loss) < 0.05
     leaves = jax.tree.leaves(trainer.state["params"])
     assert {str(x.dtype) for x in leaves} == {"float32"}
+
+
+def test_trainer_on_an_abstract_model_lowers_the_program_it_trains_with(setup):
+    # benchmarks/plan_7b.py compiles the 7B steps from an abstract model: it must get exactly
+    # the program (shardings included) that a trainer on real weights runs
+    config, batches = setup
+    mesh = make_mesh(MeshConfig(1, 4, 2))
+    planned = SFTTrainer(abstract_model(config, mesh), mesh, TRAIN, 3)
+    real = SFTTrainer(init_model(config, seed=0, mesh=mesh), mesh, TRAIN, 3)
+    leaves = jax.tree.leaves((planned.state, planned.frozen))
+    assert leaves and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
+    inputs, targets = shard_batch(mesh, batches[0])
+    assert (
+        planned._single.lower(planned.state, planned.frozen, inputs, targets).as_text()
+        == real._single.lower(real.state, real.frozen, inputs, targets).as_text()
+    )

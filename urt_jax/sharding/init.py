@@ -31,3 +31,19 @@ def init_model(
     shardings = state_shardings(abstract_state, mesh)
     state = jax.jit(lambda: nnx.state(build()), out_shardings=shardings)()
     return nnx.merge(graphdef, state)
+
+
+def abstract_model(
+    config: Qwen25VLConfig, mesh: Mesh, dtype: str = "float32", remat: str = "none"
+) -> Qwen25VL:
+    """The model with a sharded ``jax.ShapeDtypeStruct`` (the rules table's sharding) for every
+    weight, nothing allocated: the trainers take it like a loaded model, and their jitted steps
+    can then be lowered and compiled ahead of time (benchmarks/plan_7b.py)."""
+    model = nnx.eval_shape(lambda: Qwen25VL(config, dtype=dtype, remat=remat, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    placed = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        state,
+        state_shardings(state, mesh),
+    )
+    return nnx.merge(graphdef, placed)

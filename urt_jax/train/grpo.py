@@ -42,6 +42,7 @@ from urt_jax.train.loss import target_log_probs
 from urt_jax.train.optim import (
     apply_if_finite,
     init_train_state,
+    is_abstract,
     learning_rate_schedule,
     make_optimizer,
 )
@@ -184,8 +185,11 @@ class GRPOTrainer:
         self.tx = make_optimizer(self.train, self.train.max_steps)
         self.schedule = learning_rate_schedule(self.train, self.train.max_steps)
         self.state = init_train_state(params, self.tx, mesh, seed)
-        # The reference: the starting weights, copied on the device with the same shardings.
-        self.ref_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p))(params)
+        # The reference: the starting weights, copied on the device with the same shardings
+        # (an abstract model, compiled ahead of time, has nothing to copy).
+        self.ref_params = (
+            params if is_abstract(params) else jax.jit(lambda p: jax.tree.map(jnp.copy, p))(params)
+        )
         state_shardings = jax.tree.map(lambda x: x.sharding, self.state)
         replicated = replicated_sharding(mesh)
         self._logprobs = jax.jit(self._logprobs_fn, static_argnames=("prompt_length",))

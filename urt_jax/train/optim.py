@@ -55,15 +55,32 @@ def opt_state_shardings(params, tx: optax.GradientTransformation, mesh):
     )
 
 
+def is_abstract(tree) -> bool:
+    """True for a tree of ``jax.ShapeDtypeStruct`` (a model built by ``nnx.eval_shape`` to be
+    lowered and compiled ahead of time, as benchmarks/plan_7b.py does): nothing to allocate."""
+    leaves = jax.tree.leaves(tree)
+    return bool(leaves) and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
+
+
 def init_train_state(params, tx: optax.GradientTransformation, mesh, seed: int) -> dict:
     """{params, opt_state, step, rng} on the mesh: optimiser moments follow the parameters'
-    shardings, scalars are replicated."""
+    shardings, scalars are replicated. For abstract ``params`` (sharded ShapeDtypeStructs,
+    ``is_abstract``) the state is abstract too, with the same shapes and shardings."""
     import jax.numpy as jnp
 
     from urt_jax.sharding.mesh import replicated as replicated_sharding
 
     replicated = replicated_sharding(mesh)
-    opt_state = jax.jit(tx.init, out_shardings=opt_state_shardings(params, tx, mesh))(params)
+    shardings = opt_state_shardings(params, tx, mesh)
+    if is_abstract(params):
+        abstract = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)  # noqa: E731
+        return {
+            "params": params,
+            "opt_state": jax.tree.map(abstract, jax.eval_shape(tx.init, params), shardings),
+            "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
+            "rng": jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated),
+        }
+    opt_state = jax.jit(tx.init, out_shardings=shardings)(params)
     return {
         "params": params,
         "opt_state": opt_state,
