@@ -5,11 +5,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 import urt_jax
 from tests import hf_reference as ref
 from urt_jax.generate import sample
-from urt_jax.generate.sampler import _filter_logits, _sample_jit, inverse_cdf_sample
+from urt_jax.generate.sampler import (
+    _filter_logits,
+    _sample_jit,
+    _transpose_decoder_kernels,
+    inverse_cdf_sample,
+)
 from urt_jax.model.inputs import prepare_inputs
 
 N = 10
@@ -54,6 +60,38 @@ def test_greedy_equals_transformers_generate(pair, case):
     batch = ref.build_batch(rows, padding_side=side, seed=3)
     got = sample(ours, batch, max_new_tokens=N, temperature=0.0, eos_token_ids=[EOS])
     np.testing.assert_array_equal(got.tokens, _hf_greedy(hf, batch))
+
+
+def test_kernels_transposed_for_decoding_give_the_same_model(pair):
+    _, ours = pair
+    copy = nnx.clone(ours)
+    _transpose_decoder_kernels(copy)
+    before = {p: v.get_value().shape for p, v in nnx.to_flat_state(nnx.state(ours))}
+    after = {p: v.get_value().shape for p, v in nnx.to_flat_state(nnx.state(copy))}
+    moved = {p[:-1] for p in before if p[-1] == "kernel" and after[p] != before[p]}
+    layer = ("language_model", "layers", 0)
+    assert {("lm_head",), layer + ("mlp", "gate_proj"), layer + ("mlp", "up_proj")} <= moved
+    assert layer + ("mlp", "down_proj") not in moved
+    assert not any(p[0] == "visual" for p in moved)
+    batch = ref.build_batch(CASES["image"][0], padding_side="left", seed=3)
+    inputs, _ = prepare_inputs(
+        ours.config, **{k: v for k, v in batch.items() if k != "mm_token_type_ids"}
+    )
+    inputs = jax.tree.map(jnp.asarray, inputs)
+    np.testing.assert_allclose(copy.forward(inputs), ours.forward(inputs), rtol=0, atol=1e-5)
+
+
+def test_both_kernel_layouts_sample_the_same(pair):
+    # on the CPU the sampler decodes with [out, in] copies of some kernels; on other backends
+    # with the kernels as stored
+    _, ours = pair
+    rows, side = CASES["left_padded_batch"]
+    batch = ref.build_batch(rows, padding_side=side, seed=3)
+    kw = dict(max_new_tokens=N, temperature=1.0, num_samples=2, seed=5)
+    out_in = sample(ours, batch, out_in_kernels=True, **kw)
+    as_stored = sample(ours, batch, out_in_kernels=False, **kw)
+    np.testing.assert_array_equal(out_in.tokens, as_stored.tokens)
+    np.testing.assert_allclose(out_in.logprobs, as_stored.logprobs, rtol=0, atol=1e-5)
 
 
 def test_right_padded_prompts_give_the_same_tokens(pair):

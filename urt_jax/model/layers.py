@@ -69,7 +69,8 @@ def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], dtype: jnp.dtype, std: float
 
 
 class Dense(nnx.Module):
-    """``y = x @ kernel + bias`` with kernel [in, out] (the transpose of torch's Linear.weight)."""
+    """``y = x @ kernel + bias`` with kernel [in, out] (the transpose of torch's Linear.weight),
+    or [out, in] once ``transpose_kernel`` has run (the sampler's decode copy)."""
 
     def __init__(
         self,
@@ -91,10 +92,25 @@ class Dense(nnx.Module):
             if use_bias
             else None
         )
+        self.kernel_out_in = False
+
+    def transpose_kernel(self) -> None:
+        """Stores the kernel transposed ([in, out] <-> [out, in], logical axes swapped with it);
+        the matmul follows, so the outputs stay the same. Used on the sampler's copy of the model
+        (``urt_jax.generate.sampler.sample``'s ``out_in_kernels``)."""
+        axes = self.kernel.get_metadata().get("logical_axes")
+        self.kernel = nnx.Param(
+            self.kernel[...].T, logical_axes=None if axes is None else tuple(reversed(axes))
+        )
+        self.kernel_out_in = not self.kernel_out_in
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dt = self.policy.compute_dtype
-        y = jnp.dot(x.astype(dt), self.kernel[...].astype(dt))
+        kernel = self.kernel[...].astype(dt)
+        if self.kernel_out_in:
+            y = jnp.einsum("...i,oi->...o", x.astype(dt), kernel)
+        else:
+            y = jnp.dot(x.astype(dt), kernel)
         if self.bias is not None:
             y = y + self.bias[...].astype(dt)
         return y
@@ -123,7 +139,8 @@ class GatedMLP(nnx.Module):
         self.policy = policy
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.fused:  # same forward, backward written out (urt_jax.model.kernels)
+        if self.fused and not self.gate_proj.kernel_out_in:
+            # same forward, backward written out (urt_jax.model.kernels)
             dt = self.policy.compute_dtype
             kernels = (self.gate_proj, self.up_proj, self.down_proj)
             return swiglu(x.astype(dt), *(m.kernel[...].astype(dt) for m in kernels))
