@@ -63,11 +63,26 @@ def summary(r: dict) -> list[str]:
             _row(
                 [
                     f"Sampling floor: weight matmuls alone ({fl['weight_mib_per_step']:.0f} MiB "
-                    f"read per step, {fl['best']}), ms per step (call / new tokens)",
+                    f"per step, fastest of torch, jax, jax [out, in]: {fl['best']}), ms per step "
+                    "(call / new tokens)",
                     _f(1e3 * r["sampling"]["urt_jax"]["median_s"] / steps, 2)
                     + f" (floor {fl['step_ms']:.2f})",
                     _f(1e3 * r["sampling"][hf]["median_s"] / steps, 2),
                     f"bound {m['sampling_speedup_bound_vs_hf']:.2f}x",
+                    "-",
+                    "-",
+                ]
+            )
+        )
+    if "sampling_speedup_memory_bound_vs_hf" in m:
+        fl = r["sampling"]["decode_floor"]
+        out.append(
+            _row(
+                [
+                    "Sampling floor: reading every weight once (jax multiply-sum), ms per step",
+                    f"(floor {fl['read_step_ms']:.2f})",
+                    "-",
+                    f"bound {m['sampling_speedup_memory_bound_vs_hf']:.2f}x",
                     "-",
                     "-",
                 ]

@@ -148,14 +148,19 @@ class Matmul:
 
 
 class DecodeFloor:
-    """The memory-bound floor of one decoding step: per call, ``new_tokens`` steps that push
-    ``samples`` rows through every decoder weight matmul (q, k, v, o, gate, up, down) and the
-    LM head, with the checkpoint's own weights, and nothing else (no attention, norms, RoPE or
-    sampling). Each step reads every weight once, which at a few rows is what bounds decoding
-    on a CPU; run in torch and in jax (a jitted fori_loop), the faster is the floor."""
+    """Floors of one decoding step, with the checkpoint's own weights: per call, ``new_tokens``
+    steps that push ``samples`` rows through every decoder weight matmul (q, k, v, o, gate, up,
+    down) and the LM head, and nothing else (no attention, norms, RoPE or sampling).
+
+    ``lib``: "torch"; "jax" (a jitted fori_loop, weights [in, out]); "jax_out_in" (the LM head,
+    gate and up [out, in], as ``urt_jax.generate.sample`` decodes on the CPU); the fastest of
+    these is the floor of a sampler built on these libraries' matmuls. "jax_read" only reads
+    every weight once a step (a multiply-sum over it): the memory's own floor, which the matmul
+    kernels at a few rows do not reach."""
 
     NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
              "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")  # fmt: skip
+    WIDE = ("mlp.gate_proj", "mlp.up_proj")  # the ones the sampler transposes (out > in)
 
     def __init__(self, lib: str, model_dir: str, shape: wl.Shape):
         import glob
@@ -167,28 +172,39 @@ class DecodeFloor:
             tensors.update(load_file(path))
         prefix = next(k for k in tensors if k.endswith("layers.0.mlp.up_proj.weight"))
         prefix = prefix[: -len("0.mlp.up_proj.weight")]
-        # [in, out] as both sides multiply rows by them
+        out_in = lib == "jax_out_in"
+
+        def layout(w: np.ndarray, wide: bool) -> np.ndarray:  # w: torch's [out, in]
+            return np.ascontiguousarray(w if out_in and wide else w.T)
+
         layers = [
-            [np.ascontiguousarray(tensors[f"{prefix}{i}.{n}.weight"].T) for n in self.NAMES]
+            [layout(tensors[f"{prefix}{i}.{n}.weight"], n in self.WIDE) for n in self.NAMES]
             for i in range(shape.layers)
         ]
-        head = np.ascontiguousarray(tensors["lm_head.weight"].T)
+        head = layout(tensors["lm_head.weight"], True)
         rows, steps, width = shape.samples, shape.new_tokens, shape.hidden
         self.extra = {"lib": lib, "rows": rows, "steps_per_call": steps,
                       "weight_bytes_per_step": int(sum(w.nbytes for ws in layers for w in ws)
                                                    + head.nbytes)}  # fmt: skip
         x0 = np.full((rows, width), 0.01, np.float32)
-        if lib == "jax":
+        if lib.startswith("jax"):
             import jax
             import jax.numpy as jnp
 
+            def mm(x, w, wide=True):  # [out, in] weights multiply as in urt_jax's Dense
+                return jnp.einsum("...i,oi->...o", x, w) if out_in and wide else x @ w
+
             def one(x, weights, head):
+                if lib == "jax_read":  # each weight read once; the carry keeps it in the loop
+                    c = jnp.mean(x)
+                    total = sum(jnp.sum(w * c) for w in (*jax.tree.leaves(weights), head))
+                    return x + total * 1e-30
                 for q, k, v, o, g, u, d in weights:
                     a = (x @ q).at[:, : k.shape[1]].add(x @ k + x @ v)
                     x = x + a @ o
-                    x = x + (jax.nn.silu(x @ g) * (x @ u)) @ d
+                    x = x + (jax.nn.silu(mm(x, g)) * mm(x, u)) @ d
                     x = x * 1e-3  # keeps the activations bounded over many steps
-                return x + (x @ head)[:, :width] * 1e-6
+                return x + mm(x, head)[:, :width] * 1e-6
 
             @jax.jit
             def loop(x, w, h):

@@ -3,7 +3,7 @@ by benchmarks/run.py over stdin/stdout, one JSON object a line.
 
     python benchmarks/worker.py --task sft|forward|sample|recompiles|matmul|decode_floor
         --side ours|hf|lib --model DIR --shape default|quick [--attn sdpa|eager]
-        [--lib numpy|jax|torch]
+        [--lib numpy|jax|torch|jax_out_in|jax_read (decode_floor)]
 
 Commands: {"op": "run", "n": k} runs k timed calls; {"op": "reset_peak"} restarts peak-memory
 tracking; {"op": "memory"} reports it; {"op": "breakdown"} (urt_jax SFT only) times the step's
@@ -76,7 +76,7 @@ def resolve(args: argparse.Namespace):
 
     if args.side == "hf":
         return lambda: HF(args.task, args.model, shape, args.attn)
-    if args.lib == "jax":
+    if args.lib.startswith("jax"):
         import jax
 
         jax.devices()
