@@ -7,7 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from urt_jax.model.kernels import apply_rotary, causal_blocks, gqa_attention, swiglu
+from urt_jax.model.kernels import (
+    apply_rotary,
+    causal_blocks,
+    gqa_attention,
+    linear,
+    swiglu,
+    tokens_major,
+)
 from urt_jax.model.layers import masked_softmax_attention
 from urt_jax.train.loss import token_log_probs
 
@@ -38,6 +45,18 @@ def test_swiglu_matches_autodiff():
         _grads(swiglu, (x, wg, wu, wd), weights),
         _grads(plain, (x, wg, wu, wd), weights),
         strict=True,
+    ):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_linear_matches_autodiff():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((2, 5, 8), np.float32))
+    w = jnp.asarray(rng.standard_normal((8, 6), np.float32))
+    np.testing.assert_array_equal(tokens_major(x), np.asarray(x).reshape(10, 8).T)
+    weights = jnp.asarray(rng.standard_normal((2, 5, 6), np.float32))
+    for got, want in zip(
+        _grads(linear, (x, w), weights), _grads(jnp.dot, (x, w), weights), strict=True
     ):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from urt_jax.model.kernels import swiglu
+from urt_jax.model.kernels import linear, swiglu
 
 _DTYPES = {
     "float32": jnp.float32,
@@ -110,7 +110,7 @@ class Dense(nnx.Module):
         if self.kernel_out_in:
             y = jnp.einsum("...i,oi->...o", x.astype(dt), kernel)
         else:
-            y = jnp.dot(x.astype(dt), kernel)
+            y = linear(x.astype(dt), kernel)
         if self.bias is not None:
             y = y + self.bias[...].astype(dt)
         return y
