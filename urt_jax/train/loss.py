@@ -16,6 +16,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from urt_jax.model.kernels import tokens_major
+
 
 def target_log_probs(
     hidden: jax.Array,
@@ -58,8 +60,7 @@ def _token_log_probs_backward(res, g):
     h, kernel, targets, probs = res
     one_hot = jax.nn.one_hot(targets, kernel.shape[1], dtype=jnp.float32)
     d_logits = (g[..., None] * (one_hot - probs)).astype(h.dtype)
-    tokens = "".join(chr(ord("a") + i) for i in range(h.ndim - 1))
-    d_kernel = jnp.einsum(f"{tokens}d,{tokens}v->dv", h, d_logits)
+    d_kernel = jnp.dot(tokens_major(h), d_logits.reshape(-1, d_logits.shape[-1]))
     return jnp.dot(d_logits, kernel.T), d_kernel, None
 
 
