@@ -7,13 +7,14 @@ out so that XLA gets row-major matmuls and row-major elementwise work:
   derivative into transposes of [tokens, intermediate] activations, an elementwise loop with
   strided reads that took longer than the matmuls around it (benchmark shape: 219 -> 161 ms per
   layer for forward and backward; torch 156).
-- ``gqa_attention``: queries are regrouped head-major ([B, KV, G*T, D], the G query heads of a
-  KV head stacked) so that every matmul of the forward and backward is a plain batched matmul,
-  and the backward is the textbook one (dS = P * (dP - rowsum(dO * O))) instead of the chain of
-  transposes autodiff produced through the einsums; causal self-attention is split into query
-  blocks that skip the keys after them. Forward and backward per layer on the benchmark shape:
-  234 ms as einsums under autodiff, 175 ms regrouped, about 100 ms in 8 blocks (torch's fused
-  CPU flash attention: 57 ms).
+- ``gqa_attention``: queries are regrouped ([B, KV, T*G, D], the G query heads of a KV head
+  as rows, token-major) so that every matmul of the forward and backward is a plain batched
+  matmul, and the backward is the textbook one (dS = P * (dP - rowsum(dO * O))) instead of the
+  chain of transposes autodiff produced through the einsums; causal self-attention is split
+  into query blocks (blocks of rows) that skip the keys after them. Forward and backward per
+  layer on the benchmark shape (AMD Zen3): 234 ms as einsums under autodiff, 175 ms regrouped,
+  about 100 ms in 8 blocks (torch's fused CPU flash attention: 57 ms); on the Xeon of the
+  README's benchmark: 43 ms (torch 32 ms).
 - ``apply_rotary``: autodiff of ``x * cos + rotate_half(x) * sin`` fused the rotation's pads and
   slices into the transposes the weight gradients read, with cos recomputed per head inside
   them (20 ms per layer for q alone); written out, the backward is ``dy * cos -
@@ -134,14 +135,16 @@ def gqa_attention(
 
 
 def _grouped(x: jax.Array, kv: int) -> jax.Array:
-    """[B, T, H, D] -> [B, KV, G*T, D]: the G query heads of each KV head stacked along T."""
+    """[B, T, H, D] -> [B, KV, T*G, D]: row t*G + g is query t of the g-th head of its KV head
+    (token-major, so a block of queries is a block of rows, and the transpose moves whole
+    [G, D] runs)."""
     b, t, h, d = x.shape
-    return x.reshape(b, t, kv, h // kv, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, -1, d)
+    return x.reshape(b, t, kv, h // kv, d).transpose(0, 2, 1, 3, 4).reshape(b, kv, -1, d)
 
 
 def _ungrouped(x: jax.Array, t: int) -> jax.Array:
-    b, kv, gt, d = x.shape
-    return x.reshape(b, kv, gt // t, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, -1, d)
+    b, kv, tg, d = x.shape
+    return x.reshape(b, kv, t, tg // t, d).transpose(0, 2, 1, 3, 4).reshape(b, t, -1, d)
 
 
 def _spans(t: int, s: int, blocks: int) -> list[tuple[int, int, int]]:
@@ -153,39 +156,42 @@ def _spans(t: int, s: int, blocks: int) -> list[tuple[int, int, int]]:
 
 
 def _attention_forward(q, k, v, mask, scale, blocks):
-    h, kv = q.shape[2], k.shape[2]
+    t, h, kv = q.shape[1], q.shape[2], k.shape[2]
+    g = h // kv
     kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KV, S, D]
+    q_all = _grouped(q, kv)
     outs, saved = [], []
-    for start, end, keys in _spans(q.shape[1], k.shape[1], blocks):
-        qg = _grouped(q[:, start:end], kv)
+    for start, end, keys in _spans(t, k.shape[1], blocks):
+        qg = q_all[:, :, start * g : end * g]
         scores = jnp.einsum("bkqd,bksd->bkqs", qg, kh[:, :, :keys])
         scores = scores * jnp.asarray(scale, q.dtype)
-        keep = jnp.tile(mask[:, None, start:end, :keys], (1, 1, h // kv, 1))  # [B, 1, G*c, s]
+        keep = jnp.repeat(mask[:, None, start:end, :keys], g, axis=2)  # [B, 1, c*G, s]
         probs = jax.nn.softmax(jnp.where(keep, scores.astype(jnp.float32), _NEG), axis=-1)
         out = jnp.einsum("bkqs,bksd->bkqd", probs.astype(v.dtype), vh[:, :, :keys])
-        outs.append(_ungrouped(out, end - start))
+        outs.append(out)
         saved.append((qg, probs, out, keep))
-    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
-    return out, (kh, vh, saved)
+    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
+    return _ungrouped(out, t), (kh, vh, saved)
 
 
 def _attention_backward(scale, blocks, res, d_out):
     kh, vh, saved = res
-    s = kh.shape[2]
-    spans = _spans(d_out.shape[1], s, blocks)
+    t, s, kv = d_out.shape[1], kh.shape[2], kh.shape[1]
+    g = d_out.shape[2] // kv
+    do_all = _grouped(d_out, kv)
     dq, dk, dv = [], jnp.zeros(kh.shape, jnp.float32), jnp.zeros(vh.shape, jnp.float32)
-    for (start, end, keys), (qg, probs, out, keep) in zip(spans, saved, strict=True):
-        dog = _grouped(d_out[:, start:end], kh.shape[1])
+    for (start, end, keys), (qg, probs, out, keep) in zip(_spans(t, s, blocks), saved, strict=True):
+        dog = do_all[:, :, start * g : end * g]
         k_, v_ = kh[:, :, :keys], vh[:, :, :keys]
         dv_ = jnp.einsum("bkqs,bkqd->bksd", probs.astype(dog.dtype), dog)
         dp = jnp.einsum("bkqd,bksd->bkqs", dog, v_).astype(jnp.float32)
         row = jnp.sum(dog.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
         # masked scores get no gradient (as through jnp.where), also on rows with no key at all
         ds = jnp.where(keep, probs * (dp - row) * scale, 0.0).astype(qg.dtype)
-        dq.append(_ungrouped(jnp.einsum("bkqs,bksd->bkqd", ds, k_), end - start))
+        dq.append(jnp.einsum("bkqs,bksd->bkqd", ds, k_))
         dk_ = jnp.einsum("bkqs,bkqd->bksd", ds, qg)
         dk, dv = dk.at[:, :, :keys].add(dk_), dv.at[:, :, :keys].add(dv_)
-    dq = dq[0] if len(dq) == 1 else jnp.concatenate(dq, axis=1)
+    dq = _ungrouped(dq[0] if len(dq) == 1 else jnp.concatenate(dq, axis=2), t)
     dk, dv = dk.astype(kh.dtype), dv.astype(vh.dtype)
     return dq, dk.transpose(0, 2, 1, 3), dv.transpose(0, 2, 1, 3), None
 
