@@ -317,7 +317,14 @@ def write_markdown(r: dict) -> str:
         "tokens (no early stop). Each side in its own process, turns alternating "
         f"({r['method']['rounds']} rounds x {r['method']['steps_per_round']} calls), medians "
         "after warm-up; transformers is timed with sdpa and eager attention and the faster "
-        "counts.\n",
+        "counts. "
+        + (
+            "Every side's glibc malloc keeps freed memory ("
+            + " ".join(f"{k}={v}" for k, v in r["method"]["worker_env"].items())
+            + "), so no step page-faults its temporaries in afresh.\n"
+            if r["method"].get("worker_env")
+            else "Default glibc malloc settings.\n"
+        ),
     ]
     busy = mc["loadavg_start"][0]  # before the run: later values include the run itself
     if busy > 0.5 * mc["cores"]:
