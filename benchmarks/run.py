@@ -41,10 +41,13 @@ GOALS = {
     "sampling_speedup_memory_bound_vs_hf": None,
 }
 HF_SIDES = {"transformers (sdpa)": "sdpa", "transformers (eager)": "eager"}
-# glibc malloc told to keep freed memory (one arena, no mmap, no trimming), the same for every
-# side: otherwise each step's large temporaries (XLA's 1.4 GB temp buffer, torch's activations)
-# are mmapped afresh and page-faulted in again, about 350k faults and 8% of an SFT step on both
-# sides here, more after the other side's turn (this VM hands freed pages back to its host).
+# --malloc retain: glibc malloc told to keep freed memory (one arena, no mmap, no trimming), the
+# same for every side. By default each step's large temporaries (XLA's 1.4 GB temp buffer, torch's
+# activations) are mmapped afresh and page-faulted in again: about 350k faults and 8% of an SFT
+# step on both sides here, more after the other side's turn (this VM hands freed pages back to its
+# host). Retained, the SFT steps of both sides speed up, but the memory figures (peak RSS) then
+# count the retained heap, and the single arena slows jax's sampling (its thread pool's
+# allocations contend), so it is an option, not the default.
 RETAIN_MALLOC = {
     "MALLOC_ARENA_MAX": "1",
     "MALLOC_MMAP_MAX_": "0",
@@ -198,7 +201,7 @@ def main() -> None:
     ap.add_argument(
         "--malloc",
         choices=("retain", "default"),
-        default="retain",
+        default="default",
         help="glibc malloc settings of every side's process (RETAIN_MALLOC, or as inherited)",
     )
     args = ap.parse_args()
