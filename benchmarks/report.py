@@ -315,9 +315,14 @@ def write_markdown(r: dict) -> str:
         f"{s['image']}x{s['image']} image per row, {s['reply']} target tokens per row. Sampling: "
         f"1 prompt of {s['prompt']} tokens x {s['samples']} samples x {s['new_tokens']} new "
         "tokens (no early stop). Each side in its own process, turns alternating "
-        f"({r['method']['rounds']} rounds x {r['method']['steps_per_round']} calls), medians "
-        "after warm-up; transformers is timed with sdpa and eager attention and the faster "
-        "counts. "
+        f"({r['method']['rounds']} rounds x {r['method']['steps_per_round']} calls"
+        + (
+            f", each turn opened by {r['method']['rewarm_calls_per_turn']} untimed call"
+            if r["method"].get("rewarm_calls_per_turn")
+            else ""
+        )
+        + "), medians after warm-up; transformers is timed with sdpa and eager attention and "
+        "the faster counts. "
         + (
             "Every side's glibc malloc keeps freed memory ("
             + " ".join(f"{k}={v}" for k, v in r["method"]["worker_env"].items())

@@ -113,9 +113,12 @@ def compare(
         w.ask(op="reset_peak")
     names = list(workers)
     times: dict[str, list[float]] = {n: [] for n in names}
+    rewarm: dict[str, list[float]] = {n: [] for n in names}
     extras: dict[str, list[dict]] = {n: [] for n in names}
     for r in range(args.rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
+            if args.rewarm:  # the turn's first calls, not timed (see --rewarm)
+                rewarm[name] += workers[name].ask(op="run", n=args.rewarm)["times"]
             out = workers[name].ask(op="run", n=args.steps)
             times[name] += out["times"]
             extras[name] += out["extras"]
@@ -123,6 +126,7 @@ def compare(
     for name, w in workers.items():
         med = statistics.median(times[name])
         res[name].update(
+            rewarm_s=rewarm[name],
             times_s=times[name],
             median_s=med,
             spread=(max(times[name]) - min(times[name])) / med,
@@ -196,6 +200,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5, quick 2)")
     ap.add_argument("--steps", type=int, default=2, help="timed calls per side per round")
     ap.add_argument("--pause", type=float, default=0.5, help="seconds between turns")
+    ap.add_argument(
+        "--rewarm",
+        type=int,
+        default=1,
+        help="untimed calls that open each turn: a process that sat idle while another side ran "
+        "first faults its freed memory back in (this VM returns freed pages to its host; a cold "
+        "SFT step here took up to 1.3 s longer for urt_jax and 0.5 s for torch), and a training "
+        "run never alternates with another process (0 times every call)",
+    )
     ap.add_argument("--plan-args", default="", help="extra arguments for plan_7b.py")
     ap.add_argument("--trace", action="store_true", help="jax.profiler trace of 2 SFT steps")
     ap.add_argument(
@@ -224,6 +237,7 @@ def main() -> None:
             "rounds": args.rounds,
             "steps_per_round": args.steps,
             "pause_s": args.pause,
+            "rewarm_calls_per_turn": args.rewarm,
             "worker_env": Worker.env,
         },
         "flops_formula": FORMULA,
