@@ -20,7 +20,6 @@ out so that XLA gets row-major matmuls and row-major elementwise work:
   them (20 ms per layer for q alone); written out, the backward is ``dy * cos -
   rotate_half(dy * sin)`` (benchmark SFT step 2.43 -> 2.26 s, with cos/sin computed once per
   forward: ``urt_jax.model.rope.mrope_cos_sin``).
-
 - ``linear`` (every Dense of the model) and the weight gradients above: ``x^T @ dy`` takes x
   through ``tokens_major``, a transposed copy XLA:CPU cannot fuse x's elementwise producer
   into (benchmark SFT step 2.23 -> 2.12 s).
