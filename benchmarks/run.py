@@ -55,12 +55,15 @@ RETAIN_MALLOC = {
 }
 
 
+def worker_env(args: argparse.Namespace) -> dict[str, str]:
+    """Environment added to every side's process (--malloc)."""
+    return RETAIN_MALLOC if args.malloc == "retain" else {}
+
+
 class Worker:
     """A worker process; ``ask`` sends one command and returns its JSON reply."""
 
-    env: dict[str, str] = {}  # set from --malloc for every worker
-
-    def __init__(self, name: str, argv: list[str], log_dir: str):
+    def __init__(self, name: str, argv: list[str], log_dir: str, env: dict[str, str]):
         self.name = name
         self.log = os.path.join(log_dir, name.replace(" ", "_").replace("(", "").replace(")", ""))
         self.log += ".log"
@@ -72,7 +75,7 @@ class Worker:
                 stderr=err,
                 text=True,
                 cwd=ROOT,
-                env={**os.environ, **Worker.env},
+                env={**os.environ, **env},
             )
         self.ready = self._read()
 
@@ -106,7 +109,8 @@ def compare(
     """Round-robin timing of ``sides`` (name -> worker argv) on one task."""
     log_dir = os.path.join(args.out, "logs", task)
     os.makedirs(log_dir, exist_ok=True)
-    workers = {name: Worker(name, argv, log_dir) for name, argv in sides.items()}
+    env = worker_env(args)
+    workers = {name: Worker(name, argv, log_dir, env) for name, argv in sides.items()}
     res: dict = {name: {"setup_s": w.ready["setup_s"]} for name, w in workers.items()}
     for name, w in workers.items():
         res[name]["warmup_s"] = w.ask(op="run", n=warmup)["times"]
@@ -218,7 +222,6 @@ def main() -> None:
         help="glibc malloc settings of every side's process (RETAIN_MALLOC, or as inherited)",
     )
     args = ap.parse_args()
-    Worker.env = RETAIN_MALLOC if args.malloc == "retain" else {}
     args.shape = "quick" if args.quick else "default"
     args.rounds = args.rounds or (2 if args.quick else 5)
     if args.quick:
@@ -238,7 +241,7 @@ def main() -> None:
             "steps_per_round": args.steps,
             "pause_s": args.pause,
             "rewarm_calls_per_turn": args.rewarm,
-            "worker_env": Worker.env,
+            "worker_env": worker_env(args),
         },
         "flops_formula": FORMULA,
         "goals": {k: list(v) if v else None for k, v in GOALS.items()},
@@ -340,7 +343,8 @@ def recompiles(args: argparse.Namespace) -> dict:
     """30 SFT steps on mixed-length batches after a warm-up over their bucketed shapes."""
     log_dir = os.path.join(args.out, "logs", "recompiles")
     os.makedirs(log_dir, exist_ok=True)
-    w = Worker("urt_jax", side_args("recompiles", args, hf=False)["urt_jax"], log_dir)
+    argv = side_args("recompiles", args, hf=False)["urt_jax"]
+    w = Worker("urt_jax", argv, log_dir, worker_env(args))
     steps = w.ready["info"]["warmup_steps"]
     warm = w.ask(op="run", n=steps)
     timed = w.ask(op="run", n=30)

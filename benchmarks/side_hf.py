@@ -191,8 +191,8 @@ class DecodeFloor:
             import jax
             import jax.numpy as jnp
 
-            def mm(x, w, wide=True):  # [out, in] weights multiply as in urt_jax's Dense
-                return jnp.einsum("...i,oi->...o", x, w) if out_in and wide else x @ w
+            def mm(x, w):  # a WIDE weight or the head: [out, in] multiply as in urt_jax's Dense
+                return jnp.einsum("...i,oi->...o", x, w) if out_in else x @ w
 
             def one(x, weights, head):
                 if lib == "jax_read":  # each weight read once; the carry keeps it in the loop

@@ -26,9 +26,8 @@ def init_model(
 
     if mesh is None:
         return build()
-    abstract = nnx.eval_shape(build)
-    graphdef, abstract_state = nnx.split(abstract)
-    shardings = state_shardings(abstract_state, mesh)
+    graphdef, abstract_state = nnx.split(abstract_model(config, mesh, dtype, remat))
+    shardings = jax.tree.map(lambda a: a.sharding, abstract_state)
     state = jax.jit(lambda: nnx.state(build()), out_shardings=shardings)()
     return nnx.merge(graphdef, state)
 

@@ -74,19 +74,14 @@ def init_train_state(params, tx: optax.GradientTransformation, mesh, seed: int) 
     shardings = opt_state_shardings(params, tx, mesh)
     if is_abstract(params):
         abstract = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)  # noqa: E731
-        return {
-            "params": params,
-            "opt_state": jax.tree.map(abstract, jax.eval_shape(tx.init, params), shardings),
-            "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
-            "rng": jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated),
-        }
-    opt_state = jax.jit(tx.init, out_shardings=shardings)(params)
-    return {
-        "params": params,
-        "opt_state": opt_state,
-        "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
-        "rng": jax.device_put(jax.random.key_data(jax.random.key(seed)), replicated),
-    }
+        opt_state = jax.tree.map(abstract, jax.eval_shape(tx.init, params), shardings)
+        step = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
+        rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated)
+    else:
+        opt_state = jax.jit(tx.init, out_shardings=shardings)(params)
+        step = jax.device_put(jnp.zeros((), jnp.int32), replicated)
+        rng = jax.device_put(jax.random.key_data(jax.random.key(seed)), replicated)
+    return {"params": params, "opt_state": opt_state, "step": step, "rng": rng}
 
 
 def apply_if_finite(tx: optax.GradientTransformation, state: dict, grads, loss):
