@@ -48,12 +48,12 @@ from benchmarks.plan_estimate import V5P, estimate  # noqa: E402
 from benchmarks.plan_shapes import (  # noqa: E402
     IMAGES_PER_ROW,
     MESHES,
-    grpo_inputs,
+    grpo_micro_batch,
     image_grid,
     reduced_config,
     sft_batch,
 )
-from urt_jax.config import GRPOSection, load_run_config  # noqa: E402
+from urt_jax.config import load_run_config  # noqa: E402
 from urt_jax.model.config import Qwen25VLConfig  # noqa: E402
 from urt_jax.sharding.init import abstract_model  # noqa: E402
 from urt_jax.sharding.mesh import MeshConfig, make_mesh  # noqa: E402
@@ -124,28 +124,42 @@ def compile_sft(config, run, mesh, cases) -> dict:
     return out
 
 
-def compile_grpo(config, run, mesh, g: GRPOSection) -> dict:
-    """GRPOTrainer's jits (reference log-probs: forward; update: forward, backward, AdamW),
-    built by its own constructor on an abstract model."""
+def compile_grpo(config, run, mesh) -> dict:
+    """GRPOTrainer's jits, built by its own constructor on an abstract model: reference
+    log-probs (forward) and the update of one micro-batch (forward, backward, and AdamW when the
+    micro-batch is the whole generation batch; else the gradient accumulation, with AdamW in a
+    separate ``apply``)."""
+    g = run.grpo
     model = abstract_model(config, mesh, run.model.dtype, run.model.remat)
     trainer = GRPOTrainer(model, mesh, run.train, g, run.seed)
     params, frozen = trainer.state["params"], trainer.frozen
-    inputs, p, n = grpo_inputs(config, mesh, g, run.data)
-    rows = inputs.input_ids.shape[0]
-    batch = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
-    mask = jax.ShapeDtypeStruct((rows, n), jnp.float32, sharding=batch)
-    adv = jax.ShapeDtypeStruct((rows,), jnp.float32, sharding=batch)
-    ref = jax.ShapeDtypeStruct((rows, n), jnp.float32, sharding=batch)
+    micro, p, n = grpo_micro_batch(config, mesh, g, run.data)
+    rows, size = g.prompts_per_step * g.num_generations, micro.mask.shape[0]
+    ref = micro.mask  # the reference log-probs: [rows, N] float32 like the mask
+    out = {"ref_logprobs": analyse(trainer._logprobs.lower(params, frozen, micro.inputs, p))}
+    if size == rows:
+        out["update"] = analyse(
+            trainer._update.lower(trainer.state, frozen, micro, None, ref, prompt_length=p)
+        )
+    else:
+        rep = replicated_sharding(mesh)
+        scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)
+        grads = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=x.sharding), params
+        )
+        acc = (grads, scalar)
+        out["update"] = analyse(
+            trainer._accumulate.lower(acc, params, frozen, micro, None, ref, prompt_length=p)
+        )
+        out["apply"] = analyse(trainer._apply.lower(trainer.state, grads, scalar))
     return {
-        "ref_logprobs": analyse(trainer._logprobs.lower(params, frozen, inputs, prompt_length=p)),
-        "update": analyse(
-            trainer._update.lower(
-                trainer.state, frozen, inputs, mask, adv, None, ref, prompt_length=p
-            )
-        ),
-        "input_bytes": nbytes((inputs, mask, adv, ref)),
-        "carry_bytes": rows // batch_ways(mesh) * (p + n) * config.text.hidden_size * 4,
+        **out,
+        # every micro-batch of the generation batch is placed on the mesh before the update,
+        # with its reference log-probs
+        "input_bytes": nbytes((micro, ref)) * (rows // size),
+        "carry_bytes": size // batch_ways(mesh) * (p + n) * config.text.hidden_size * 4,
         "rows": rows,
+        "micro_batch_rows": size,
         "prompt_length": p,
         "new_tokens": n,
     }
@@ -222,6 +236,9 @@ def main() -> None:
     ap.add_argument(
         "--run", default=os.path.join(ROOT, "configs/pod/qwen2_5_vl_7b_cold_start.yaml")
     )
+    ap.add_argument(
+        "--grpo-run", default=os.path.join(ROOT, "configs/pod/qwen2_5_vl_7b_grpo.yaml")
+    )
     ap.add_argument("--points", default=None, help="text_layers:vision_blocks,... (reduced)")
     ap.add_argument("--extrapolate", action="store_true", help="no full-depth compile")
     ap.add_argument("--meshes", default=",".join(MESHES))
@@ -233,11 +250,13 @@ def main() -> None:
 
     config = Qwen25VLConfig.from_yaml(args.model)
     run = load_run_config(args.run, ["data.train=unused"])
-    g = run.grpo  # the released GRPO values (the pod SFT config has no grpo section)
+    grpo_run = load_run_config(args.grpo_run)
     if args.quick:
         args.sft_cases, args.points, args.extrapolate = "8x2048", "1:8,2:8", True
         args.meshes = args.meshes.split(",")[0]
-        g = dataclasses.replace(g, prompts_per_step=2, num_generations=4, max_new_tokens=256)
+        small = dict(prompts_per_step=4, num_generations=4, max_new_tokens=256, micro_batch_rows=8)
+        grpo_run = dataclasses.replace(grpo_run, grpo=dataclasses.replace(grpo_run.grpo, **small))
+    g = grpo_run.grpo
     if args.points is None:
         args.points = "1:8,2:8,1:16" if args.extrapolate else "1:8,2:8"
     cases = {}
@@ -260,10 +279,14 @@ def main() -> None:
         "full_depth_source": "extrapolated" if args.extrapolate else "compiled",
         "full_depth": list(full),
         "sft_cases": {k: list(v) for k, v in cases.items()},
+        "grpo_run": os.path.relpath(args.grpo_run, ROOT),
         "grpo_case": {
             "prompts_per_step": g.prompts_per_step,
             "num_generations": g.num_generations,
             "max_new_tokens": g.max_new_tokens,
+            "micro_batch_rows": g.micro_batch_rows,
+            "dtype": grpo_run.model.dtype,
+            "remat": grpo_run.model.remat,
         },
         "v5p": V5P,
         "mfu_assumed": args.mfu,
@@ -285,7 +308,7 @@ def main() -> None:
             t0 = time.perf_counter()
             m = {"sft": compile_sft(small, run, mesh, cases)}
             if not args.no_grpo:
-                m["grpo"] = compile_grpo(small, run, mesh, g)
+                m["grpo"] = compile_grpo(small, grpo_run, mesh)
             m["seconds"] = round(time.perf_counter() - t0, 1)
             measured[(lt, lv)] = flatten(m)
             print(f"[plan] {mesh_name} L={lt} V={lv}: {m['seconds']}s", file=sys.stderr)
@@ -302,12 +325,12 @@ def main() -> None:
             t0 = time.perf_counter()
             entry["full_depth"] = {"sft": compile_sft(config, run, mesh, cases)}
             if not args.no_grpo:
-                entry["full_depth"]["grpo"] = compile_grpo(config, run, mesh, g)
+                entry["full_depth"]["grpo"] = compile_grpo(config, grpo_run, mesh)
             entry["full_depth"]["seconds"] = round(time.perf_counter() - t0, 1)
             print(
                 f"[plan] {mesh_name} full depth: {entry['full_depth']['seconds']}s", file=sys.stderr
             )
-        entry["estimate"] = estimate(mesh_name, entry, config, run, g, cases, args.mfu)
+        entry["estimate"] = estimate(mesh_name, entry, config, run, grpo_run, cases, args.mfu)
         result["meshes"][mesh_name] = entry
         with open(args.out, "w") as f:  # partial results survive a later failure
             json.dump(result, f, indent=2)

@@ -15,12 +15,13 @@ V5P = {"hbm_gib_per_chip": 95.0, "bf16_tflops_per_chip": 459.0, "v5p-8_chips": 4
 TARGET = {"fsdp8": ("v5p-16", 8), "fsdp4_tp2": ("v5p-16", 8), "fsdp4": ("v5p-8", 4)}
 
 
-def _peaks(entry: dict, temp: float, inputs: float, grpo: bool) -> float:
-    """Per-device peak bytes: resident state + the batch + the program's temporaries."""
+def _peaks(entry: dict, temp: float, inputs: float, reference: bool, accumulator: bool) -> float:
+    """Per-device peak bytes: resident state (with GRPO's reference copy and the gradient
+    accumulator of micro-batching where present) + the batch + the program's temporaries."""
     r = entry["resident"]
     base = r["params_bytes"] + r["opt_state_bytes"] + r["frozen_bytes"]
-    extra = r["params_bytes"] if grpo else r["grad_bytes"]  # reference copy / grad accumulator
-    return base + extra + inputs + temp
+    base += r["params_bytes"] * reference + r["grad_bytes"] * accumulator
+    return base + inputs + temp
 
 
 def _one_layer_live(prog: dict, slope: float, carry: float, layers: int) -> float:
@@ -29,7 +30,7 @@ def _one_layer_live(prog: dict, slope: float, carry: float, layers: int) -> floa
     return prog["temp_bytes"] - (layers - 1) * max(slope - carry, 0.0)
 
 
-def estimate(name: str, entry: dict, config, run, g, cases: dict, mfu: float) -> dict:
+def estimate(name: str, entry: dict, config, run, grpo_run, cases: dict, mfu: float) -> dict:
     """Per-chip peak memory on the slice the mesh maps to (as compiled, and with one decoder
     layer's temporaries live at a time), and step times on v5p-8 at ``mfu`` of its bf16 peak."""
     x, layers = entry["full_depth"], config.text.num_hidden_layers
@@ -40,12 +41,12 @@ def estimate(name: str, entry: dict, config, run, g, cases: dict, mfu: float) ->
     hbm = V5P["hbm_gib_per_chip"]
     out: dict = {"slice": slice_name, "chips": chips}
     rows_per_step = run.data.batch_size * run.train.grad_accum
-    applying = _peaks(entry, x["sft"]["apply"]["temp_bytes"], 0, False)
+    applying = _peaks(entry, x["sft"]["apply"]["temp_bytes"], 0, False, True)
     for case, (rows, length) in cases.items():
         c = x["sft"][case]
         low = _one_layer_live(c, slope[f"sft.{case}"], c["carry_bytes"], layers)
-        peak = max(_peaks(entry, c["temp_bytes"], c["input_bytes"], False), applying) / GIB
-        low = max(_peaks(entry, low, c["input_bytes"], False), applying) / GIB
+        peak = max(_peaks(entry, c["temp_bytes"], c["input_bytes"], False, True), applying) / GIB
+        low = max(_peaks(entry, low, c["input_bytes"], False, True), applying) / GIB
         targets = length - length // 2
         flops = step_flops(
             config, length, rows_per_step * length, rows_per_step * targets,
@@ -66,26 +67,34 @@ def estimate(name: str, entry: dict, config, run, g, cases: dict, mfu: float) ->
             "optimizer_step_s_v5p8": flops / rate,
         }
     if "grpo" in x:
-        gx = x["grpo"]
+        gx, g = x["grpo"], grpo_run.grpo
         rows, p, n = g.prompts_per_step * g.num_generations, gx["prompt_length"], gx["new_tokens"]
         ref, upd = gx["ref_logprobs"], gx["update"]
-        peak = _peaks(entry, max(ref["temp_bytes"], upd["temp_bytes"]), gx["input_bytes"], True)
+        split = "apply" in gx  # micro-batches: a gradient accumulator, AdamW on its own
+        temps = [ref["temp_bytes"], upd["temp_bytes"]] + [gx["apply"]["temp_bytes"]] * split
+        peak = _peaks(entry, max(temps), gx["input_bytes"], True, split)
         low = max(
             _one_layer_live(ref, slope["grpo.ref_logprobs"], 0.0, layers),
             _one_layer_live(upd, slope["grpo.update"], gx["carry_bytes"], layers),
+            *([gx["apply"]["temp_bytes"]] * split),
         )
-        low = _peaks(entry, low, gx["input_bytes"], True)
+        low = _peaks(entry, low, gx["input_bytes"], True, split)
         t = int(p + n)
         flops = step_flops(config, t, rows * t, rows * n, grids * rows, False) + step_flops(
             config, t, rows * t, rows * n, grids * rows, True
         )
+        size = int(gx["micro_batch_rows"])  # a float when extrapolated
+        micro_batches = rows // size
         out["grpo"] = {
-            "rows_per_device": rows // entry["batch_ways"],
+            "rows_per_device": size // entry["batch_ways"],
+            "micro_batches": micro_batches,
             "peak_gib_per_chip": peak / GIB,
             "peak_gib_per_chip_one_layer_live": low / GIB,
             "fits": peak / GIB <= hbm,
             "fits_one_layer_live": low / GIB <= hbm,
-            "compiled_flops_all_devices": entry["devices"] * (ref["flops"] + upd["flops"]),
+            "compiled_flops_all_devices": entry["devices"]
+            * (ref["flops"] + upd["flops"])
+            * micro_batches,
             "model_flops": flops,
             "ref_and_update_s_v5p8": flops / rate,
         }

@@ -21,6 +21,7 @@ from urt_jax.generate.sampler import PROMPT_BUCKETS, _bucket
 from urt_jax.model.config import Qwen25VLConfig
 from urt_jax.model.inputs import BATCH_AXIS, ModelInputs, prepare_inputs
 from urt_jax.sharding.mesh import BATCH_AXES
+from urt_jax.train.grpo import MicroBatch
 
 # name -> (fsdp, tensor); data = 1. "fsdp4" uses 4 of the 8 fake devices: a v5p-8 slice is
 # 4 chips, and JAX sees each v5p chip (2 TensorCores, megacore) as one device.
@@ -90,9 +91,12 @@ def sft_batch(config: Qwen25VLConfig, rows: int, length: int, data: DataSection)
     return collate([example] * rows, config, Buckets(lengths=tuple(data.bucket_lengths)))
 
 
-def grpo_inputs(config: Qwen25VLConfig, mesh: Mesh, g: GRPOSection, data: DataSection):
-    """(inputs, P, N) of a GRPO update batch: prompts_per_step x G rows of [prompt | completion],
-    the prompt left-padded to the sampler's bucket P, N = max_new_tokens (all rows full)."""
+def grpo_micro_batch(
+    config: Qwen25VLConfig, mesh: Mesh, g: GRPOSection, data: DataSection
+) -> tuple[MicroBatch, int, int]:
+    """(micro-batch, P, N) of a GRPO update: ``grpo.micro_batch_rows`` rows (all
+    prompts_per_step x G rows when unset) of [prompt | completion], the prompt left-padded to the
+    sampler's bucket P, N = max_new_tokens (all rows full)."""
     grid = image_grid(config, data)
     n_img = int(np.prod(grid)) // config.vision.merge_unit
     prompt_len = PROMPT_TEXT_TOKENS + IMAGES_PER_ROW * (n_img + 2)
@@ -111,6 +115,14 @@ def grpo_inputs(config: Qwen25VLConfig, mesh: Mesh, g: GRPOSection, data: DataSe
         np.asarray([grid] * IMAGES_PER_ROW, np.int64),
         round_up=lambda kind, k: pow2_at_least(k, 1),
     )
-    rows = g.prompts_per_step * g.num_generations
+    rows = g.micro_batch_rows or g.prompts_per_step * g.num_generations
     assert set(BATCH_AXIS) == {f.name for f in dataclasses.fields(ModelInputs)}
-    return _abstract(inputs, rows, mesh), p, n
+    per_row = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+    per_token = jax.ShapeDtypeStruct((rows, n), np.float32, sharding=per_row)
+    micro = MicroBatch(
+        _abstract(inputs, rows, mesh),
+        per_token,
+        per_token,
+        jax.ShapeDtypeStruct((rows,), np.float32, sharding=per_row),
+    )
+    return micro, p, n

@@ -231,6 +231,20 @@ def profile(r: dict) -> list[str]:
     return out
 
 
+def _grpo_case(p: dict) -> str:
+    g = p.get("grpo_case", {})
+    if not g:
+        return ""
+    rows = g["prompts_per_step"] * g["num_generations"]
+    micro = g.get("micro_batch_rows") or rows
+    return (
+        f"run {p.get('grpo_run', '?')}, {g['prompts_per_step']} prompts x G = "
+        f"{g['num_generations']}, {g['max_new_tokens']} new tokens, micro-batches of {micro} of "
+        f"the {rows} rows (gradients summed, one AdamW step), {g.get('dtype')}, remat "
+        f"{g.get('remat')}."
+    )
+
+
 def plan(r: dict) -> list[str]:
     p = r.get("plan_7b")
     if not p:
@@ -244,7 +258,9 @@ def plan(r: dict) -> list[str]:
         f"{p['micro_batch_rows']} rows per micro-batch x {p['grad_accum']} accumulation steps, "
         f"{p['images_per_row']} images of grid {p['image_grid_per_image']} per row. Full depth "
         f"{p['full_depth']} {p['full_depth_source']}; (text layers, vision blocks) = "
-        f"{p['points']} compiled for the per-layer growth of the temporaries. XLA:CPU with "
+        f"{p['points']} compiled for the per-layer growth of the temporaries. GRPO: "
+        + _grpo_case(p)
+        + " XLA:CPU with "
         "cse_barrier_expander disabled, so that remat survives as on TPU."
         f" v5p: {v['hbm_gib_per_chip']} GiB HBM and "
         f"{v['bf16_tflops_per_chip']} bf16 TFLOP/s per chip; JAX sees one device per chip "
@@ -285,7 +301,8 @@ def plan(r: dict) -> list[str]:
         f"GiB, frozen vision {res['frozen_bytes'] / GIB:.1f} GiB, gradient "
         f"accumulator {res['grad_bytes'] / GIB:.1f} GiB. SFT step time = model FLOPs of one "
         "optimizer step (128 rows) / (chips x peak x MFU); GRPO = reference log-probs + one "
-        "update of prompts_per_step x G rows, rollout generation excluded.\n"
+        "update of prompts_per_step x G rows, rollout generation excluded; its rows/chip are "
+        "those of one micro-batch.\n"
     )
     slopes = first.get("per_layer_temp_bytes", {})
     if slopes:

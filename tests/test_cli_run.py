@@ -117,3 +117,6 @@ def test_config_typos_are_errors(tmp_path):
 def test_every_shipped_run_config_loads(name):
     cfg = load_run_config(os.path.join(ROOT, "configs", name))
     assert cfg.train.max_steps > 0 and cfg.data.batch_size > 0
+    g = cfg.grpo
+    rows = g.prompts_per_step * g.num_generations
+    assert rows % (g.micro_batch_rows or rows) == 0, "grpo.micro_batch_rows must divide the rows"

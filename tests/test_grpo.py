@@ -22,7 +22,6 @@ from urt_jax.sharding.init import abstract_model, init_model
 from urt_jax.sharding.mesh import MeshConfig, make_mesh
 from urt_jax.train.grpo import GRPOTrainer
 from urt_jax.train.grpo_loss import group_advantages
-from urt_jax.train.sft import put_global
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = TrainSection(weight_decay=0.0, max_grad_norm=1e9, progress=False)
@@ -156,12 +155,42 @@ def test_trainer_on_an_abstract_model_lowers_the_program_it_trains_with(setup):
     real = GRPOTrainer(init_model(config, seed=0, mesh=mesh), mesh, TRAIN, _grpo(beta=0.04))
     leaves = jax.tree.leaves((planned.state, planned.frozen, planned.ref_params))
     assert leaves and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
-    inputs = rollouts.inputs.map_with_batch_axis(lambda a, axis=0: put_global(mesh, a, axis))
-    mask = put_global(mesh, rollouts.completion_mask, 0)
-    adv = put_global(mesh, np.zeros(mask.shape[0], np.float32), 0)
+    (micro,) = real.micro_batches(rollouts)
     p = rollouts.prompt_length
 
     def program(t):
-        return t._update.lower(t.state, t.frozen, inputs, mask, adv, None, mask, prompt_length=p)
+        return t._update.lower(t.state, t.frozen, micro, None, micro.mask, prompt_length=p)
 
     assert program(planned).as_text() == program(real).as_text()
+
+
+def test_micro_batches_give_the_same_update(setup):
+    """Two updates (mu = 2, so old log-probs too) with the KL term, over micro-batches of 4 rows
+    on a 2-device mesh, land where one pass over all 8 rows does."""
+    config, rollouts = setup
+    rollouts = _with_rewards(rollouts, [2, 0, 1, 0, 0, 2, 2, 1])
+    results = []
+    for micro, shape in ((None, (1, 1, 1)), (4, (1, 2, 1))):
+        mesh = make_mesh(MeshConfig(*shape))
+        g = _grpo(beta=0.04, num_iterations=2, micro_batch_rows=micro)
+        trainer = GRPOTrainer(init_model(config, seed=0, mesh=mesh), mesh, TRAIN, g)
+        assert len(trainer.micro_batches(rollouts)) == (1 if micro is None else 2)
+        metrics = trainer.step(rollouts)
+        results.append((metrics, _seq_logp(trainer, rollouts, trainer.state["params"])))
+    (single, single_logp), (split, split_logp) = results
+    for key in ("loss", "grad_norm", "kl", "clip_fraction"):
+        assert split[key] == pytest.approx(single[key], rel=1e-4, abs=1e-7), key
+    assert single["kl"] > 0  # the second update moved away from the reference
+    np.testing.assert_allclose(split_logp, single_logp, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "micro,shape,message",
+    [(3, (1, 1, 1), "does not divide the 8 rows"), (2, (1, 4, 1), "do not divide over")],
+)
+def test_micro_batch_rows_are_checked(setup, micro, shape, message):
+    config, rollouts = setup
+    mesh = make_mesh(MeshConfig(*shape))
+    trainer = GRPOTrainer(abstract_model(config, mesh), mesh, TRAIN, _grpo(micro_batch_rows=micro))
+    with pytest.raises(ValueError, match=message):
+        trainer.micro_batches(rollouts)

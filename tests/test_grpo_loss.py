@@ -1,4 +1,5 @@
-"""The GRPO objective equals a direct numpy computation for every setting."""
+"""The GRPO objective equals a direct numpy computation for every setting, and a generation batch
+split into micro-batches gives the same loss and gradients."""
 
 import itertools
 
@@ -14,6 +15,8 @@ from urt_jax.train.grpo_loss import (
     completion_mask,
     group_advantages,
     grpo_loss,
+    metric_means,
+    token_weights,
 )
 
 G, PROMPTS, N = 4, 3, 7
@@ -94,12 +97,15 @@ def test_loss_equals_numpy(kl, aggregation, clip):
         kl_estimator=kl,
         aggregation=aggregation,
     )
-    got, metrics = grpo_loss(
-        *(jnp.asarray(a, jnp.float32) for a in (logp, old, ref, adv, mask)), cfg
+    weights = token_weights(mask, aggregation)
+    got, sums = grpo_loss(
+        *(jnp.asarray(a, jnp.float32) for a in (logp, old, ref, adv, mask, weights)), cfg
     )
     want = _numpy_loss(logp, old, ref, adv, mask, cfg)
     np.testing.assert_allclose(float(got), want, rtol=2e-5, atol=1e-6)  # float32 vs float64
-    assert 0 <= float(metrics["clip_fraction"]) <= 1
+    metrics = metric_means(sums)
+    assert 0 <= metrics["clip_fraction"] <= 1
+    np.testing.assert_allclose(metrics["ratio_mean"], np.exp(logp - old)[mask > 0].mean(), 1e-5)
 
 
 def test_single_update_gradient_is_advantage_weighted():
@@ -110,8 +116,43 @@ def test_single_update_gradient_is_advantage_weighted():
     cfg = GRPOLossConfig(beta=0.0)
 
     def loss(lp):
-        return grpo_loss(lp, jax.lax.stop_gradient(lp), lp, adv, mask, cfg)[0]
+        weights = token_weights(np.asarray(mask), cfg.aggregation)
+        return grpo_loss(lp, jax.lax.stop_gradient(lp), lp, adv, mask, weights, cfg)[0]
 
     grad = np.asarray(jax.grad(loss)(logp))
     want = -np.asarray(adv)[:, None] * np.asarray(mask) / np.asarray(mask).sum(1, keepdims=True) / 2
     np.testing.assert_allclose(grad, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("aggregation", sorted(AGGREGATIONS))
+def test_micro_batches_add_up_to_the_batch(aggregation):
+    """Rows split 4 + 8: the micro-batches' losses and gradients (each with its rows of the whole
+    batch's token weights) sum to the whole batch's, for every aggregation."""
+    rng = np.random.default_rng(2)
+    rows = G * PROMPTS
+    logp = jnp.asarray(-rng.uniform(0.1, 3.0, (rows, N)), jnp.float32)
+    old = logp + jnp.asarray(rng.normal(0, 0.3, (rows, N)), jnp.float32)
+    ref = logp + jnp.asarray(rng.normal(0, 1.0, (rows, N)), jnp.float32)
+    adv = jnp.asarray(rng.normal(0, 1, rows), jnp.float32)
+    mask = np.asarray(completion_mask(logp, jnp.asarray(rng.integers(1, N + 1, rows))))
+    weights = token_weights(mask, aggregation)
+    cfg = GRPOLossConfig(aggregation=aggregation)
+
+    def loss(lp, rows):
+        return grpo_loss(lp, old[rows], ref[rows], adv[rows], mask[rows], weights[rows], cfg)
+
+    whole, whole_grad = jax.value_and_grad(lambda lp: loss(lp, slice(None))[0])(logp)
+    parts = [slice(0, 4), slice(4, rows)]
+    shares = [jax.value_and_grad(lambda lp, s=s: loss(lp, s)[0])(logp[s]) for s in parts]
+    np.testing.assert_allclose(sum(float(v) for v, _ in shares), float(whole), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.concatenate([np.asarray(g) for _, g in shares]), np.asarray(whole_grad), rtol=1e-6
+    )
+    sums = [loss(logp[s], s)[1] for s in parts]
+    added = {k: sum(float(x[k]) for x in sums) for k in sums[0]}
+    assert metric_means(added) == pytest.approx(metric_means(loss(logp, slice(None))[1]))
+
+
+def test_unknown_aggregation_is_named():
+    with pytest.raises(ValueError, match="aggregation 'mean'"):
+        token_weights(np.ones((2, 3)), "mean")

@@ -119,6 +119,9 @@ class GRPOSection:
     prompts_per_step: int = 8
     num_generations: int = 8  # G
     num_iterations: int = 1  # policy updates per generation batch (mu)
+    # rows of one forward/backward pass of the update (gradients summed over the generation
+    # batch's micro-batches, then one optimiser step); null: the whole generation batch at once
+    micro_batch_rows: int | None = None
     max_new_tokens: int = 2048
     temperature: float = 1.0
     top_p: float = 0.95

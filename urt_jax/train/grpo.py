@@ -4,9 +4,13 @@ group advantages, and the clipped, KL-regularised policy update of ``grpo_loss``
 One generation batch is ``prompts_per_step`` prompts x G completions, rows prompt-major. Prompts
 are left-padded to the sampler's bucket P, so every completion starts at column P of the
 teacher-forced sequence [prompt | completion] and the completion log-probs are one slice.
-Three things run on the mesh, each one jitted function with the batch split over data x fsdp:
+Each piece is one jitted function on the mesh, with the batch split over data x fsdp:
 ``completion_logprobs`` (used for the frozen reference and, with several updates per batch, for
-the policy that sampled) and ``update`` (loss, gradients, AdamW, skipped when non-finite).
+the policy that sampled) and the update (loss, gradients, AdamW, skipped when non-finite). With
+``grpo.micro_batch_rows`` the update runs over micro-batches of the generation batch
+(``accumulate`` per micro-batch, then ``apply``), and the log-probs per micro-batch too; the loss
+is a weighted sum of per-token terms with weights from the whole batch (``token_weights``), so
+the update is the same however the rows are split.
 The reference is a copy of the starting trainable parameters made on the device, sharing the
 frozen vision tower: it never leaves the mesh.
 """
@@ -37,7 +41,14 @@ from urt_jax.model.inputs import ModelInputs, prepare_inputs
 from urt_jax.model.qwen2_5_vl import Qwen25VL
 from urt_jax.rewards import RewardSpec, compute_rewards, parse_reward_specs
 from urt_jax.sharding.mesh import replicated as replicated_sharding
-from urt_jax.train.grpo_loss import GRPOLossConfig, group_advantages, grpo_loss
+from urt_jax.train.grpo_loss import (
+    GRPOLossConfig,
+    check_loss_config,
+    group_advantages,
+    grpo_loss,
+    metric_means,
+    token_weights,
+)
 from urt_jax.train.loss import target_log_probs
 from urt_jax.train.optim import (
     apply_if_finite,
@@ -45,6 +56,7 @@ from urt_jax.train.optim import (
     is_abstract,
     learning_rate_schedule,
     make_optimizer,
+    zero_accumulator,
 )
 from urt_jax.train.sft import handle_nonfinite, put_global, trainable_filter
 
@@ -164,6 +176,17 @@ def rollout(
     )
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class MicroBatch:
+    """Rows of a generation batch for one forward/backward pass, on the mesh."""
+
+    inputs: ModelInputs  # [r, P + N]
+    mask: jax.Array  # [r, N] completion mask
+    weights: jax.Array  # [r, N] these rows of the whole batch's token weights
+    advantages: jax.Array  # [r]
+
+
 # ----------------------------------------------------------------------------- trainer
 class GRPOTrainer:
     def __init__(
@@ -177,6 +200,7 @@ class GRPOTrainer:
         self.mesh, self.g = mesh, g
         self.train = optimizer_settings(train, g)
         self.loss_cfg = options_from(GRPOLossConfig, g)
+        check_loss_config(self.loss_cfg)
         self.rewards = parse_reward_specs(g.rewards)
         self.config = model.config
         self.graphdef, params, self.frozen = nnx.split(
@@ -191,39 +215,69 @@ class GRPOTrainer:
             params if is_abstract(params) else jax.jit(lambda p: jax.tree.map(jnp.copy, p))(params)
         )
         state_shardings = jax.tree.map(lambda x: x.sharding, self.state)
+        param_shardings = state_shardings["params"]
         replicated = replicated_sharding(mesh)
         self._logprobs = jax.jit(self._logprobs_fn, static_argnames=("prompt_length",))
         self._update = jax.jit(
             self._update_fn,
             donate_argnums=(0,),
             static_argnames=("prompt_length",),
+            out_shardings=(state_shardings, replicated, replicated),
+        )
+        self._accumulate = jax.jit(
+            self._accumulate_fn,
+            donate_argnums=(0,),
+            static_argnames=("prompt_length",),
+            out_shardings=((param_shardings, replicated), replicated),
+        )
+        self._apply = jax.jit(
+            self._apply_fn,
+            donate_argnums=(0,),
+            in_shardings=(state_shardings, param_shardings, replicated),
             out_shardings=(state_shardings, replicated),
         )
+        self._zeros = None
 
     # ------------------------------------------------------------------ jitted pieces
     def _logprobs_fn(self, params, frozen, inputs: ModelInputs, prompt_length: int):
         model = nnx.merge(self.graphdef, params, frozen)
         return completion_log_probs(model, inputs, prompt_length)
 
-    def _update_fn(
-        self, state, frozen, inputs, mask, advantages, old_logp, ref_logp, *, prompt_length: int
-    ):
+    def _grads(self, params, frozen, micro: MicroBatch, old_logp, ref_logp, prompt_length: int):
+        """This micro-batch's share of the loss, its gradients, and the metrics' token sums."""
+
         def loss_fn(params):
-            logp = self._logprobs_fn(params, frozen, inputs, prompt_length)
+            logp = self._logprobs_fn(params, frozen, micro.inputs, prompt_length)
             held = jax.lax.stop_gradient(logp)
             return grpo_loss(
                 logp,
                 held if old_logp is None else old_logp,
                 held if ref_logp is None else ref_logp,
-                advantages,
-                mask,
+                micro.advantages,
+                micro.mask,
+                micro.weights,
                 self.loss_cfg,
             )
 
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return loss, sums, grads
+
+    def _update_fn(self, state, frozen, micro, old_logp, ref_logp, *, prompt_length: int):
+        """The whole generation batch in one pass: gradients and the update in one program."""
+        loss, sums, grads = self._grads(
+            state["params"], frozen, micro, old_logp, ref_logp, prompt_length
+        )
+        new_state, metrics = self._apply_fn(state, grads, loss)
+        return new_state, metrics, sums
+
+    def _accumulate_fn(self, acc, params, frozen, micro, old_logp, ref_logp, *, prompt_length):
+        grads_acc, loss_acc = acc
+        loss, sums, grads = self._grads(params, frozen, micro, old_logp, ref_logp, prompt_length)
+        return (jax.tree.map(jnp.add, grads_acc, grads), loss_acc + loss), sums
+
+    def _apply_fn(self, state, grads, loss):
         new_state, grad_norm, finite = apply_if_finite(self.tx, state, grads, loss)
         metrics = {
-            **metrics,
             "loss": loss,
             "grad_norm": grad_norm,
             "finite": finite,
@@ -248,36 +302,72 @@ class GRPOTrainer:
             self.model(), tokenizer, records, to_example, self.g, self.rewards, self.loss_cfg, seed
         )
 
-    def step(self, r: Rollouts) -> dict:
-        """``num_iterations`` policy updates on one generation batch; returns host metrics."""
+    def micro_batches(self, r: Rollouts) -> list[MicroBatch]:
+        """The generation batch's rows in micro-batches of ``grpo.micro_batch_rows`` (all rows
+        when unset), on the mesh, each with its rows of the whole batch's token weights."""
         rows = r.inputs.input_ids.shape[0]
+        size = self.g.micro_batch_rows or rows
         ways = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        if rows % ways:
+        if rows % size:
             raise ValueError(
-                f"grpo: {rows} rows (prompts_per_step x num_generations) do not divide over "
-                f"data x fsdp = {ways}"
+                f"grpo.micro_batch_rows={size} does not divide the {rows} rows of a generation "
+                f"batch (prompts_per_step x num_generations)"
             )
+        if size % ways:
+            raise ValueError(
+                f"grpo: micro-batches of {size} rows do not divide over data x fsdp = {ways} "
+                f"devices (set grpo.micro_batch_rows or prompts_per_step x num_generations)"
+            )
+        weights = token_weights(r.completion_mask, self.loss_cfg.aggregation)
+        advantages = r.advantages.astype(np.float32)
+
+        def put(a: np.ndarray, lo: int, axis: int = 0) -> jax.Array:
+            return put_global(self.mesh, np.take(a, np.arange(lo, lo + size), axis), axis)
+
+        return [
+            MicroBatch(
+                r.inputs.map_with_batch_axis(lambda a, axis, lo=lo: put(a, lo, axis)),
+                put(r.completion_mask, lo),
+                put(weights, lo),
+                put(advantages, lo),
+            )
+            for lo in range(0, rows, size)
+        ]
+
+    def step(self, r: Rollouts) -> dict:
+        """``num_iterations`` policy updates on one generation batch, each over all of its
+        micro-batches (gradients summed, then one AdamW step); returns host metrics."""
         t0 = time.perf_counter()
-        put = lambda a, axis=0: put_global(self.mesh, a, axis)  # noqa: E731
-        inputs = r.inputs.map_with_batch_axis(put)
-        mask, advantages = put(r.completion_mask), put(r.advantages.astype(np.float32))
+        micro = self.micro_batches(r)
         p = r.prompt_length
-        ref = (
-            self._logprobs(self.ref_params, self.frozen, inputs, prompt_length=p)
-            if self.loss_cfg.beta != 0.0
-            else None
-        )
-        old = (
-            self._logprobs(self.state["params"], self.frozen, inputs, prompt_length=p)
-            if self.g.num_iterations > 1
-            else None  # one update per batch: the sampling policy is the current one
-        )
+
+        def logprobs(params):
+            return [self._logprobs(params, self.frozen, m.inputs, prompt_length=p) for m in micro]
+
+        none = [None] * len(micro)
+        ref = logprobs(self.ref_params) if self.loss_cfg.beta != 0.0 else none
+        # one update per batch: the policy that sampled is the current one
+        old = logprobs(self.state["params"]) if self.g.num_iterations > 1 else none
         updates = []
         for _ in range(self.g.num_iterations):
-            self.state, m = self._update(
-                self.state, self.frozen, inputs, mask, advantages, old, ref, prompt_length=p
-            )
+            if len(micro) == 1:
+                self.state, m, sums = self._update(
+                    self.state, self.frozen, micro[0], old[0], ref[0], prompt_length=p
+                )
+                sums = [sums]
+            else:
+                if self._zeros is None:
+                    self._zeros = zero_accumulator(self.state["params"], self.mesh, 1)
+                acc, sums = self._zeros(), []
+                for i, mb in enumerate(micro):
+                    acc, s = self._accumulate(
+                        acc, self.state["params"], self.frozen, mb, old[i], ref[i], prompt_length=p
+                    )
+                    sums.append(s)
+                self.state, m = self._apply(self.state, *acc)
             m = {k: np.asarray(v) for k, v in m.items()}
+            total = {k: sum(np.asarray(s[k], np.float64) for s in sums) for k in sums[0]}
+            m.update(metric_means(total))
             updates.append(m)
             if not bool(m["finite"]):
                 handle_nonfinite(

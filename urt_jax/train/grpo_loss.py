@@ -7,6 +7,8 @@ defaults (UnifiedReward-Think's TRL-0.17-based trainer):
   ratio = exp(logp - logp_old); one update per batch makes logp_old = stop_gradient(logp)
 - KL by the k3 estimator exp(ref - logp) - (ref - logp) - 1, (ref - logp) clamped to +-10
 - mean over each completion's tokens up to and including its first end token, then over sequences
+  (written as per-token weights, so that a generation batch split into micro-batches gives the
+  same loss and gradients)
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,25 +77,28 @@ KL_ESTIMATORS: dict[str, Callable] = {"k1": _k1, "k2": _k2, "k3": _k3}
 
 
 # ---------------------------------------------------------------------------- aggregation
-def _seq_mean_token_mean(per_token, mask):
-    per_seq = (per_token * mask).sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
-    return per_seq.mean()
+# Each aggregation is a weighting of the per-token losses, loss = sum(per-token loss x weights),
+# with the weights [R, N] computed on the host from the completion mask of the whole generation
+# batch. A micro-batch's share of the loss is the same sum over its rows, so the shares (and
+# their gradients) add up to the batch's loss exactly, however the rows are split.
+def _seq_mean_token_mean(mask: np.ndarray) -> np.ndarray:
+    return mask / np.maximum(mask.sum(-1, keepdims=True), 1.0) / mask.shape[0]
 
 
-def _token_mean(per_token, mask):
-    return (per_token * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+def _token_mean(mask: np.ndarray) -> np.ndarray:
+    return mask / max(float(mask.sum()), 1.0)
 
 
-def _seq_mean_token_sum(per_token, mask):
-    return (per_token * mask).sum(-1).mean()
+def _seq_mean_token_sum(mask: np.ndarray) -> np.ndarray:
+    return mask / mask.shape[0]
 
 
-def _seq_mean_token_sum_norm(per_token, mask):
+def _seq_mean_token_sum_norm(mask: np.ndarray) -> np.ndarray:
     """Dr. GRPO: token sums divided by the (constant) completion budget."""
-    return (per_token * mask).sum(-1).mean() / per_token.shape[-1]
+    return mask / (mask.shape[0] * mask.shape[1])
 
 
-AGGREGATIONS: dict[str, Callable] = {
+AGGREGATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "seq_mean_token_mean": _seq_mean_token_mean,
     "token_mean": _token_mean,
     "seq_mean_token_sum": _seq_mean_token_sum,
@@ -100,9 +106,26 @@ AGGREGATIONS: dict[str, Callable] = {
 }
 
 
+def token_weights(mask: np.ndarray, aggregation: str) -> np.ndarray:
+    """[R, N] float32 weights of the per-token losses for the whole generation batch's
+    completion mask [R, N]: the loss is sum(per-token loss x weights)."""
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation {aggregation!r}: expected one of {sorted(AGGREGATIONS)}")
+    return AGGREGATIONS[aggregation](np.asarray(mask, np.float64)).astype(np.float32)
+
+
 def completion_mask(tokens: jax.Array, lengths: jax.Array) -> jax.Array:
     """[R, N] float: 1 for generated tokens up to and including the end token."""
     return (jnp.arange(tokens.shape[-1])[None, :] < lengths[:, None]).astype(jnp.float32)
+
+
+def check_loss_config(cfg: GRPOLossConfig) -> None:
+    if cfg.kl_estimator not in KL_ESTIMATORS:
+        raise ValueError(
+            f"kl_estimator {cfg.kl_estimator!r}: expected one of {sorted(KL_ESTIMATORS)}"
+        )
+    if cfg.aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation {cfg.aggregation!r}: expected one of {sorted(AGGREGATIONS)}")
 
 
 def grpo_loss(
@@ -111,16 +134,15 @@ def grpo_loss(
     ref_logp: jax.Array,
     advantages: jax.Array,
     mask: jax.Array,
+    weights: jax.Array,
     cfg: GRPOLossConfig = GRPOLossConfig(),
 ) -> tuple[jax.Array, dict]:
-    """Loss (scalar) and metrics from per-token log-probs [R, N] of the policy (with gradients),
-    of the policy that sampled (old), and of the reference model; advantages [R]; mask [R, N]."""
-    if cfg.kl_estimator not in KL_ESTIMATORS:
-        raise ValueError(
-            f"kl_estimator {cfg.kl_estimator!r}: expected one of {sorted(KL_ESTIMATORS)}"
-        )
-    if cfg.aggregation not in AGGREGATIONS:
-        raise ValueError(f"aggregation {cfg.aggregation!r}: expected one of {sorted(AGGREGATIONS)}")
+    """Loss and token sums of the metrics, from per-token log-probs [R, N] of the policy (with
+    gradients), of the policy that sampled (old) and of the reference model; advantages [R];
+    the completion mask [R, N]; and ``token_weights`` of the whole generation batch's mask, or
+    these rows of them (a micro-batch): the loss is then this micro-batch's share of the batch's.
+    ``metric_means`` turns the sums, added over micro-batches, into token means."""
+    check_loss_config(cfg)
     mask = mask.astype(jnp.float32)
     adv = advantages[:, None]
     ratio = jnp.exp(logp - old_logp)
@@ -128,14 +150,25 @@ def grpo_loss(
     policy = jnp.minimum(ratio * adv, clipped_ratio * adv)
     kl = KL_ESTIMATORS[cfg.kl_estimator](logp, ref_logp, cfg.kl_clamp)
     per_token = -(policy - cfg.beta * kl)
-    loss = AGGREGATIONS[cfg.aggregation](per_token, mask)
-    n = jnp.maximum(mask.sum(), 1.0)
+    loss = (per_token * weights).sum()
     is_clipped = ((ratio < 1.0 - cfg.clip_eps_low) & (adv < 0)) | (
         (ratio > 1.0 + cfg.clip_eps_high) & (adv > 0)
     )
-    metrics = {
-        "kl": (kl * mask).sum() / n,
-        "clip_fraction": (is_clipped * mask).sum() / n,
-        "ratio_mean": (ratio * mask).sum() / n,
+    sums = {
+        "kl_sum": (kl * mask).sum(),
+        "clipped_tokens": (is_clipped * mask).sum(),
+        "ratio_sum": (ratio * mask).sum(),
+        "tokens": mask.sum(),
     }
-    return loss, jax.lax.stop_gradient(metrics)
+    return loss, jax.lax.stop_gradient(sums)
+
+
+def metric_means(sums: dict) -> dict:
+    """Token means (kl, clip_fraction, ratio_mean) from ``grpo_loss``'s sums (host scalars or
+    arrays, each added over the micro-batches of one update)."""
+    n = max(float(sums["tokens"]), 1.0)
+    return {
+        "kl": float(sums["kl_sum"]) / n,
+        "clip_fraction": float(sums["clipped_tokens"]) / n,
+        "ratio_mean": float(sums["ratio_sum"]) / n,
+    }

@@ -84,6 +84,26 @@ def init_train_state(params, tx: optax.GradientTransformation, mesh, seed: int) 
     return {"params": params, "opt_state": opt_state, "step": step, "rng": rng}
 
 
+def zero_accumulator(params, mesh, num_scalars: int):
+    """A jitted function returning fp32 zeros shaped and sharded like ``params`` (the gradient
+    sum of gradient accumulation) and ``num_scalars`` replicated scalar zeros: one compiled call
+    (a device_put per parameter cost 86 ms a step on the 60M benchmark model)."""
+    import jax.numpy as jnp
+
+    from urt_jax.sharding.mesh import replicated as replicated_sharding
+
+    shapes = [p.shape for p in jax.tree.leaves(params)]
+    treedef = jax.tree.structure(params)
+    shardings = jax.tree.map(lambda p: p.sharding, params)
+    scalar = replicated_sharding(mesh)
+
+    def zeros():
+        grads = jax.tree.unflatten(treedef, [jnp.zeros(shape, jnp.float32) for shape in shapes])
+        return grads, *(jnp.zeros((), jnp.float32) for _ in range(num_scalars))
+
+    return jax.jit(zeros, out_shardings=(shardings, *([scalar] * num_scalars)))
+
+
 def apply_if_finite(tx: optax.GradientTransformation, state: dict, grads, loss):
     """(new state, gradient norm, finite): the AdamW update, or the state untouched (step still
     counted) when the loss or the gradient norm is NaN/Inf. Runs inside a jitted step."""
