@@ -161,3 +161,8 @@ def test_two_processes_match_one(config_path, uninterrupted, tmp_path):
     got = _losses(str(tmp_path / "dist"))  # written by process 0
     assert len(got) == STEPS
     np.testing.assert_allclose(got, _losses(uninterrupted), rtol=1e-5)
+    # the exported model: every tensor gathered from both processes' shards
+    exported, want = _params(str(tmp_path / "dist")), _params(uninterrupted)
+    assert exported.keys() == want.keys()
+    for key, value in want.items():
+        np.testing.assert_allclose(exported[key], value, rtol=1e-4, atol=1e-6, err_msg=key)

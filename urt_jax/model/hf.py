@@ -315,8 +315,18 @@ def from_pretrained(
 
 
 # ------------------------------------------------------------------------------ saving
+def to_host(value) -> np.ndarray:
+    """A parameter as one numpy array. An array sharded over several processes (a multi-host
+    mesh) is gathered from all of them: every process must call this, in the same order."""
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+    return np.asarray(value)
+
+
 def hf_tensors(model: Qwen25VL) -> Iterator[tuple[str, np.ndarray]]:
-    """(legacy key, numpy tensor) for every parameter, in the parameter dtype."""
+    """(legacy key, numpy tensor) for every parameter, in the parameter dtype, one at a time."""
     _, state = nnx.split(model, nnx.Param)
     flat = dict(nnx.to_flat_state(state))
     for rule in conversion_rules(model.config):
@@ -324,7 +334,7 @@ def hf_tensors(model: Qwen25VL) -> Iterator[tuple[str, np.ndarray]]:
         value = var.get_value() if hasattr(var, "get_value") else var.value
         yield (
             rule.hf_key,
-            np.ascontiguousarray(rule.transform.to_hf(np.asarray(value), rule.hf_shape)),
+            np.ascontiguousarray(rule.transform.to_hf(to_host(value), rule.hf_shape)),
         )
 
 
@@ -336,20 +346,30 @@ def save_pretrained(
     max_shard_bytes: int | None = 5 * 10**9,
     extra_files: dict[str, str] | None = None,
 ) -> None:
-    """Writes config.json + safetensors (legacy layout) loadable by transformers.
+    """Writes config.json + safetensors (legacy layout) loadable by transformers. On a mesh over
+    several processes every process must call it: each tensor is gathered, process 0 writes.
 
     Tokenizer, processor and generation files are copied from ``source_dir`` (default: the
     directory the model was loaded from) when present there. ``extra_files`` maps file names to
     contents to write as well.
     """
     out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    tensors = dict(hf_tensors(model))
-    save_safetensors(tensors, out_dir, max_shard_bytes=max_shard_bytes)
-    dtype = _dtype_name({t.dtype.name for t in tensors.values()})
-    write_config_and_aux_files(model, out_dir, dtype, source_dir)
-    for name, content in (extra_files or {}).items():
-        _write_atomic(os.path.join(out_dir, name), content)
+    writer = jax.process_index() == 0
+    tensors = {}
+    for key, value in hf_tensors(model):  # every process takes part in gathering each tensor
+        if writer:
+            tensors[key] = value
+    if writer:
+        os.makedirs(out_dir, exist_ok=True)
+        save_safetensors(tensors, out_dir, max_shard_bytes=max_shard_bytes)
+        dtype = _dtype_name({t.dtype.name for t in tensors.values()})
+        write_config_and_aux_files(model, out_dir, dtype, source_dir)
+        for name, content in (extra_files or {}).items():
+            _write_atomic(os.path.join(out_dir, name), content)
+    if jax.process_count() > 1:  # no process goes on to read the directory before it is written
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"save_pretrained {out_dir}")
 
 
 def write_config_and_aux_files(

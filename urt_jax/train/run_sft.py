@@ -123,8 +123,7 @@ def run_sft(
     finally:
         ckpt.close()
         logger.close()
-    if jax.process_count() == 1:
-        save_pretrained(
-            trainer.model(), os.path.join(out_dir, "hf"), source_dir=hf_dir or cfg.model.hf_dir
-        )
+    save_pretrained(
+        trainer.model(), os.path.join(out_dir, "hf"), source_dir=hf_dir or cfg.model.hf_dir
+    )
     return {"steps": train.max_steps, "resumed_from": start, "final": last}
