@@ -48,7 +48,13 @@ def _hf_greedy(hf, batch):
         t.pop("mm_token_type_ids")  # text only: generate computes padded positions itself
     with torch.no_grad():
         out = hf.generate(
-            **t, max_new_tokens=N, min_new_tokens=N, do_sample=False, pad_token_id=ref.PAD_ID
+            **t,
+            max_new_tokens=N,
+            min_new_tokens=N,
+            do_sample=False,
+            pad_token_id=ref.PAD_ID,
+            # what our sampler never generates by default (see test_placeholders_are_suppressed)
+            suppress_tokens=[hf.config.image_token_id, hf.config.video_token_id],
         )
     return out[:, batch["input_ids"].shape[1] :].numpy()
 
@@ -156,6 +162,31 @@ def test_sampling_behaviour(pair):
     assert len({tuple(r) for r in a.tokens}) > 1  # the 8 samples of one prompt differ
     nucleus = sample(ours, batch, num_samples=8, max_new_tokens=N, seed=1, top_p=0.5)
     assert nucleus.tokens.shape == (8, N)
+
+
+def test_placeholders_are_suppressed(pair):
+    """With the LM head biased towards the image and video placeholders (their columns made the
+    greedy token's, scaled up), the default sampler still never emits them, greedy or sampled;
+    with no suppression it does. (The log-probs stay those of the full distribution:
+    test_logprobs_equal_teacher_forcing runs with the default suppression.)"""
+    _, ours = pair
+    batch = ref.build_batch(CASES["image"][0], seed=6)
+    biased = nnx.clone(ours)
+    cfg = biased.config
+    placeholders = [cfg.image_token_id, cfg.video_token_id]
+    first = int(sample(biased, batch, max_new_tokens=1, temperature=0.0).tokens[0, 0])
+    head = biased.lm_head
+    assert head is not None, "the tiny reference config has an untied LM head"
+    kernel = head.kernel.get_value()
+    head.kernel.set_value(kernel.at[:, jnp.asarray(placeholders)].set(5.0 * kernel[:, [first]]))
+    free = sample(biased, batch, max_new_tokens=N, temperature=0.0, suppress_token_ids=())
+    assert np.isin(free.tokens, placeholders).any()
+    greedy = sample(biased, batch, max_new_tokens=N, temperature=0.0)
+    drawn = sample(biased, batch, num_samples=8, max_new_tokens=N, temperature=1.0, seed=2)
+    assert not np.isin(greedy.tokens, placeholders).any()
+    assert not np.isin(drawn.tokens, placeholders).any()
+    other = sample(biased, batch, max_new_tokens=N, temperature=0.0, suppress_token_ids=[first])
+    assert first not in other.tokens
 
 
 @pytest.mark.parametrize("block", [128, 3])

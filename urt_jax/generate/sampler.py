@@ -28,6 +28,7 @@ from urt_jax.model.layers import Dense
 from urt_jax.model.qwen2_5_vl import Qwen25VL
 from urt_jax.model.rope import mrope_cos_sin
 from urt_jax.model.text import KVCache, causal_padding_mask
+from urt_jax.sharding.mesh import BATCH_AXES, put_whole, to_host
 
 PROMPT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
@@ -77,8 +78,15 @@ def _filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
 
 
 def _choose(
-    logits: jax.Array, key: jax.Array, temperature: float, top_k: int, top_p: float
+    logits: jax.Array,
+    key: jax.Array,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    suppress: tuple[int, ...],
 ) -> jax.Array:
+    if suppress:  # never drawn, never the argmax
+        logits = logits.at[:, jnp.asarray(suppress)].set(jnp.finfo(logits.dtype).min)
     if temperature == 0.0:
         return jnp.argmax(logits, axis=-1)
     filtered = _filter_logits(logits / temperature, top_k, top_p)
@@ -174,6 +182,7 @@ def _decode_one(
         "top_p",
         "eos_ids",
         "pad_id",
+        "suppress",
         "out_in_kernels",
     ),
 )
@@ -191,6 +200,7 @@ def _sample_jit(
     top_p: float,
     eos_ids: tuple[int, ...],
     pad_id: int,
+    suppress: tuple[int, ...],
     out_in_kernels: bool,
 ):
     model = nnx.merge(graphdef, state)
@@ -216,7 +226,7 @@ def _sample_jit(
     def body(carry):
         step, tokens, logprobs, lengths, done, logits, caches, key_valid, rng = carry
         rng, sub = jax.random.split(rng)
-        choice = _choose(logits, sub, temperature, top_k, top_p).astype(jnp.int32)
+        choice = _choose(logits, sub, temperature, top_k, top_p, suppress).astype(jnp.int32)
         logp = jnp.take_along_axis(
             jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), choice[:, None], axis=-1
         )[:, 0]
@@ -257,11 +267,17 @@ def sample(
     seed: int = 0,
     pad_id: int | None = None,
     prompt_buckets: Sequence[int] = PROMPT_BUCKETS,
+    suppress_token_ids: Sequence[int] | None = None,
     out_in_kernels: bool | None = None,
 ) -> SampleOutput:
     """Samples ``num_samples`` completions per prompt. ``batch`` holds the HF processor's names
     (input_ids, attention_mask, pixel_values, image_grid_thw, pixel_values_videos,
     video_grid_thw, second_per_grid_ts). temperature 0 is greedy.
+
+    ``suppress_token_ids`` are never generated; None = the image and video placeholder tokens,
+    which a completion must not contain: fed back with the prompt's media (GRPO's teacher-forced
+    update, a judgement re-read) they would claim vision features that do not exist. The
+    returned log-probs are those of the model's full distribution, as teacher forcing gives.
 
     ``out_in_kernels``: decode with [out, in] copies of the decoder's kernels
     (``_transpose_decoder_kernels``); None = only when JAX runs on the CPU, the backend whose
@@ -280,6 +296,8 @@ def sample(
             cfg.text.pad_token_id if cfg.text.pad_token_id is not None else (eos[0] if eos else 0)
         )
     pad = int(pad_id)
+    if suppress_token_ids is None:
+        suppress_token_ids = (cfg.image_token_id, cfg.video_token_id)
     length = _bucket(int(mask.sum(axis=1).max()), prompt_buckets)
     ids, mask = _to_left_padding(ids, mask, length, pad)
     keys = (
@@ -315,9 +333,12 @@ def sample(
         top_p=float(top_p),
         eos_ids=eos,
         pad_id=pad,
+        suppress=tuple(sorted({int(i) for i in suppress_token_ids})),
         out_in_kernels=bool(out_in_kernels),
     )
-    return SampleOutput(np.asarray(tokens), np.asarray(logprobs), np.asarray(lengths), ids, mask)
+    # gathered from every process on a multi-host mesh (all processes sample the same rows)
+    tokens, logprobs, lengths = (to_host(x) for x in (tokens, logprobs, lengths))
+    return SampleOutput(tokens, logprobs, lengths, ids, mask)
 
 
 def _model_mesh(state):
@@ -329,19 +350,14 @@ def _model_mesh(state):
 
 
 def _place_on_mesh(mesh, inputs: ModelInputs, deltas: np.ndarray):
-    """Prompts split over data x fsdp when the rows divide evenly, else replicated."""
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    from urt_jax.sharding.mesh import BATCH_AXES
+    """Prompts split over data x fsdp when the rows divide evenly, else replicated. Every
+    process holds the same prompts (a multi-host mesh): each places its own devices' part."""
 
     ways = int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.shape]))
     split = inputs.input_ids.shape[0] % ways == 0
 
     def put(array, batch_axis):
-        spec = [None] * np.ndim(array)
-        if split:
-            spec[batch_axis] = BATCH_AXES
-        return jax.device_put(np.asarray(array), NamedSharding(mesh, PartitionSpec(*spec)))
+        return put_whole(mesh, array, batch_axis if split else None)
 
     return inputs.map_with_batch_axis(put), put(deltas, 0)
 

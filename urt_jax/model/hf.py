@@ -26,6 +26,7 @@ from urt_jax.model.config import ConfigError, Qwen25VLConfig
 from urt_jax.model.layers import DTypePolicy
 from urt_jax.model.qwen2_5_vl import Qwen25VL
 from urt_jax.model.safetensors_io import SafetensorsCheckpoint, save_safetensors
+from urt_jax.sharding.mesh import to_host
 
 log = logging.getLogger(__name__)
 
@@ -315,16 +316,6 @@ def from_pretrained(
 
 
 # ------------------------------------------------------------------------------ saving
-def to_host(value) -> np.ndarray:
-    """A parameter as one numpy array. An array sharded over several processes (a multi-host
-    mesh) is gathered from all of them: every process must call this, in the same order."""
-    if isinstance(value, jax.Array) and not value.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(value, tiled=True))
-    return np.asarray(value)
-
-
 def hf_tensors(model: Qwen25VL) -> Iterator[tuple[str, np.ndarray]]:
     """(legacy key, numpy tensor) for every parameter, in the parameter dtype, one at a time."""
     _, state = nnx.split(model, nnx.Param)

@@ -87,5 +87,28 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def put_whole(mesh: Mesh, array: np.ndarray, batch_axis: int | None) -> jax.Array:
+    """A global array from the whole ``array``, which every process holds identically (rollouts,
+    sampler prompts): each process places its own devices' part. The batch axis is split over
+    data x fsdp; None replicates."""
+    spec = [None] * np.ndim(array)
+    if batch_axis is not None:
+        spec[batch_axis] = BATCH_AXES
+    array = np.asarray(array)
+    return jax.make_array_from_process_local_data(
+        NamedSharding(mesh, PartitionSpec(*spec)), array, array.shape
+    )
+
+
+def to_host(value) -> np.ndarray:
+    """A jax array as one numpy array on this process. An array split over several processes is
+    gathered from all of them: every process must then call this, in the same order."""
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+    return np.asarray(value)
+
+
 def _named(sizes) -> dict[str, int]:
     return dict(zip(AXES, sizes, strict=True))

@@ -40,6 +40,7 @@ from urt_jax.generate.sampler import sample
 from urt_jax.model.inputs import ModelInputs, prepare_inputs
 from urt_jax.model.qwen2_5_vl import Qwen25VL
 from urt_jax.rewards import RewardSpec, compute_rewards, parse_reward_specs
+from urt_jax.sharding.mesh import put_whole
 from urt_jax.sharding.mesh import replicated as replicated_sharding
 from urt_jax.train.grpo_loss import (
     GRPOLossConfig,
@@ -58,7 +59,7 @@ from urt_jax.train.optim import (
     make_optimizer,
     zero_accumulator,
 )
-from urt_jax.train.sft import handle_nonfinite, put_global, trainable_filter
+from urt_jax.train.sft import handle_nonfinite, trainable_filter
 
 VISION_KEYS = (
     "pixel_values",
@@ -322,7 +323,8 @@ class GRPOTrainer:
         advantages = r.advantages.astype(np.float32)
 
         def put(a: np.ndarray, lo: int, axis: int = 0) -> jax.Array:
-            return put_global(self.mesh, np.take(a, np.arange(lo, lo + size), axis), axis)
+            # every process holds the whole generation batch (it sampled all of it)
+            return put_whole(self.mesh, np.take(a, np.arange(lo, lo + size), axis), axis)
 
         return [
             MicroBatch(

@@ -43,11 +43,12 @@ def run_grpo(
 ) -> dict:
     """Runs grpo.max_steps generation batches from the policy in ``hf_dir`` (default
     model.hf_dir) on the prompts of ``prompts_spec`` (default grpo.data), resuming from the newest
-    complete checkpoint in {out_dir}/checkpoints; writes metrics and, at the end, {out_dir}/hf."""
-    if jax.process_count() > 1:
-        raise NotImplementedError(
-            "grpo: multi-process runs are not supported yet (rollouts are drawn per process)"
-        )
+    complete checkpoint in {out_dir}/checkpoints; writes metrics and, at the end, {out_dir}/hf.
+
+    On several processes (``mesh.distributed``) every process reads all prompts and the sampler
+    gives all of them every completion (one program over the global mesh, gathered to each
+    host), so rewards and advantages are computed identically everywhere; each process then
+    places its own devices' rows of the update. Process 0 writes metrics and completions."""
     g = cfg.grpo
     spec = prompts_spec or g.data
     if spec is None:
@@ -73,12 +74,14 @@ def run_grpo(
     if restored is not None:
         start, trainer.state, _ = restored
         log.info("resumed GRPO from step %d", start)
+    writer = jax.process_index() == 0
     logger = MetricsLogger(
         out_dir,
         g.max_steps,
         start,
         progress=cfg.train.progress,
         console_keys=CONSOLE_KEYS,
+        enabled=writer,
     )
     completions_path = os.path.join(out_dir, "completions.jsonl")
     last: dict = {}
@@ -91,7 +94,8 @@ def run_grpo(
             last = trainer.step(rollouts)
             if step % cfg.train.log_every == 0 or step == g.max_steps:
                 logger.log(step, last)
-            _append_completions(completions_path, step, batch, rollouts, g.num_generations)
+            if writer:
+                _append_completions(completions_path, step, batch, rollouts, g.num_generations)
             ckpt.save(step, trainer.state, {"step": step}, force=step == g.max_steps)
     finally:
         ckpt.close()
