@@ -5,8 +5,10 @@ ahead of time with abstract arrays on a CPU mesh of fake devices, reporting per-
     python benchmarks/plan_7b.py --out plan.json [--extrapolate] [--meshes ...] [--quick]
 
 Nothing is allocated: parameters, optimiser state and batches are ``jax.ShapeDtypeStruct`` with
-the shardings of the project's rules table. The model and run settings come from
-configs/model/qwen2_5_vl_7b.yaml and configs/pod/qwen2_5_vl_7b_cold_start.yaml. The steps are
+the shardings of the project's rules table. The programs are traced for TPU
+(``kernels.compile_target``): the layout workarounds for XLA:CPU are left out. The model and run
+settings come from configs/model/qwen2_5_vl_7b.yaml and configs/pod/qwen2_5_vl_7b_cold_start.yaml
+(SFT) and configs/pod/qwen2_5_vl_7b_grpo.yaml (GRPO). The steps are
 compiled at full depth (28 decoder layers, 32 vision blocks: about 30 s a program here) and at
 two reduced depths (``--points`` text_layers:vision_blocks), which give the per-layer growth of
 the temporaries. ``--extrapolate`` skips the full-depth compile and extrapolates every compiled
@@ -41,7 +43,6 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from benchmarks.flops import FORMULA  # noqa: E402
 from benchmarks.plan_estimate import V5P, estimate  # noqa: E402
@@ -55,6 +56,7 @@ from benchmarks.plan_shapes import (  # noqa: E402
 )
 from urt_jax.config import load_run_config  # noqa: E402
 from urt_jax.model.config import Qwen25VLConfig  # noqa: E402
+from urt_jax.model.kernels import compile_target  # noqa: E402
 from urt_jax.sharding.init import abstract_model  # noqa: E402
 from urt_jax.sharding.mesh import MeshConfig, make_mesh  # noqa: E402
 from urt_jax.sharding.mesh import replicated as replicated_sharding  # noqa: E402
@@ -236,9 +238,7 @@ def main() -> None:
     ap.add_argument(
         "--run", default=os.path.join(ROOT, "configs/pod/qwen2_5_vl_7b_cold_start.yaml")
     )
-    ap.add_argument(
-        "--grpo-run", default=os.path.join(ROOT, "configs/pod/qwen2_5_vl_7b_grpo.yaml")
-    )
+    ap.add_argument("--grpo-run", default=os.path.join(ROOT, "configs/pod/qwen2_5_vl_7b_grpo.yaml"))
     ap.add_argument("--points", default=None, help="text_layers:vision_blocks,... (reduced)")
     ap.add_argument("--extrapolate", action="store_true", help="no full-depth compile")
     ap.add_argument("--meshes", default=",".join(MESHES))
@@ -338,4 +338,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with compile_target("tpu"):  # the TPU program, without XLA:CPU's workarounds
+        main()

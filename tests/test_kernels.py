@@ -10,6 +10,7 @@ import pytest
 from urt_jax.model.kernels import (
     apply_rotary,
     causal_blocks,
+    compile_target,
     gqa_attention,
     linear,
     swiglu,
@@ -59,6 +60,21 @@ def test_linear_matches_autodiff():
         _grads(linear, (x, w), weights), _grads(jnp.dot, (x, w), weights), strict=True
     ):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_workaround_follows_the_compile_target():
+    """The weight gradient's transposed copy is made in a conditional's branch for XLA:CPU only;
+    traced for TPU (as benchmarks/plan_7b.py does) the program has no conditional."""
+    x, w = jnp.ones((4, 8)), jnp.ones((8, 6))
+
+    def program():  # a fresh function each time, so jit's cache cannot hand back another trace
+        return jax.jit(jax.grad(lambda w: linear(x, w).sum())).lower(w).as_text()
+
+    on_cpu = program()
+    with compile_target("tpu"):
+        for_tpu = program()
+    assert ("case" in on_cpu) == (jax.default_backend() == "cpu")
+    assert "case" not in for_tpu
 
 
 @pytest.mark.parametrize("blocks", [1, 2, 4])

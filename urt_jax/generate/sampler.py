@@ -24,6 +24,7 @@ from flax import nnx
 
 from urt_jax.data.batching import pow2_at_least
 from urt_jax.model.inputs import ModelInputs, prepare_inputs
+from urt_jax.model.kernels import targets_cpu
 from urt_jax.model.layers import Dense
 from urt_jax.model.qwen2_5_vl import Qwen25VL
 from urt_jax.model.rope import mrope_cos_sin
@@ -283,7 +284,7 @@ def sample(
     (``_transpose_decoder_kernels``); None = only when JAX runs on the CPU, the backend whose
     matmul this layout speeds up (elsewhere the copies would only cost memory)."""
     if out_in_kernels is None:
-        out_in_kernels = jax.default_backend() == "cpu"
+        out_in_kernels = targets_cpu()
     cfg = model.config
     ids = np.asarray(batch["input_ids"])
     mask = np.asarray(batch.get("attention_mask", np.ones_like(ids)))

@@ -31,12 +31,36 @@ All keep the dtype policy: matmuls in the inputs' dtype, softmax statistics in f
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
 import jax.numpy as jnp
 
 _NEG = jnp.finfo(jnp.float32).min
+
+
+# ------------------------------------------------------------------------ compile target
+_compile_target: str | None = None
+
+
+@contextlib.contextmanager
+def compile_target(platform: str):
+    """Trace for ``platform`` ("cpu", "tpu", "gpu") instead of the default backend: the XLA:CPU
+    workarounds (``tokens_major``'s conditional, the sampler's decode layout) follow it.
+    benchmarks/plan_7b.py compiles on fake CPU devices the program a TPU would run, and the
+    conditional, split over a mesh, more than doubled its memory (fsdp 4: 46 -> 124 GiB of
+    temporaries). jit does not retrace what it traced and cached under another target."""
+    global _compile_target
+    previous, _compile_target = _compile_target, platform
+    try:
+        yield
+    finally:
+        _compile_target = previous
+
+
+def targets_cpu() -> bool:
+    return (_compile_target or jax.default_backend()) == "cpu"
 
 
 # ------------------------------------------------------------------------ weight gradients
@@ -50,7 +74,7 @@ def tokens_major(a: jax.Array) -> jax.Array:
     against 1.5 ms for the copy (decoder layer forward + backward 195 -> 182 ms). Other backends
     transpose as they see fit."""
     flat = a.reshape(-1, a.shape[-1])
-    if jax.default_backend() != "cpu":
+    if not targets_cpu():
         return flat.T
     runtime_true = flat[0, 0] == flat[0, 0]  # false only for NaN; both branches are the same
     return jax.lax.cond(runtime_true, jnp.transpose, jnp.transpose, flat)
