@@ -125,12 +125,22 @@ def test_kl_term_pulls_toward_the_reference(setup):
         trainer.state["params"],
     )
 
-    ref = _seq_logp(trainer, rollouts, trainer.ref_params)
-    gap_before = np.abs(_seq_logp(trainer, rollouts, trainer.state["params"]) - ref).mean()
-    kls = [trainer.step(rollouts)["kl"] for _ in range(3)]
-    gap_after = np.abs(_seq_logp(trainer, rollouts, trainer.state["params"]) - ref).mean()
-    assert kls[0] > 0 and kls[-1] < kls[0]
-    assert gap_after < gap_before
+    inputs = jax.tree.map(jnp.asarray, rollouts.inputs)
+    real = rollouts.completion_mask.astype(bool)
+
+    def token_logp(params):
+        p = rollouts.prompt_length
+        return np.asarray(trainer._logprobs(params, trainer.frozen, inputs, prompt_length=p))[real]
+
+    ref = token_logp(trainer.ref_params)
+    gap_before = np.abs(token_logp(trainer.state["params"]) - ref).mean()
+    # the whole schedule (max_steps updates, the rate decaying to 0): Adam's first sign-like
+    # steps may move away before the pull shows, so compare the ends, per token (a sequence's
+    # summed log-prob lets opposite token errors cancel)
+    kls = [trainer.step(rollouts)["kl"] for _ in range(trainer.g.max_steps)]
+    gap_after = np.abs(token_logp(trainer.state["params"]) - ref).mean()
+    assert kls[0] > 0 and kls[-1] < 0.5 * kls[0]
+    assert gap_after < 0.75 * gap_before
 
 
 def test_sharded_update_matches(setup):
