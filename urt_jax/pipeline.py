@@ -28,6 +28,12 @@ from urt_jax.model.hf import from_pretrained, save_pretrained
 from urt_jax.model.orbax_io import load_orbax, save_orbax
 from urt_jax.model.qwen2_5_vl import Qwen25VL
 from urt_jax.plots import plot_run
+from urt_jax.sharding.mesh import (
+    initialize_distributed,
+    make_mesh,
+    wait_for_writer,
+    writes_here,
+)
 
 
 def _log(msg: str) -> None:
@@ -194,8 +200,17 @@ def _stage_sft(cfg: RunConfig, out: str, report: dict) -> None:
 
 
 def generation_setup(cfg: RunConfig, model_dir: str):
-    """(model, prompt-only example builder) for judging or sampling with the model in model_dir."""
-    model = from_pretrained(model_dir, dtype=cfg.model.dtype)
+    """(model, prompt-only example builder) for judging or sampling with the model in model_dir.
+
+    With ``mesh.distributed`` (a pod slice, every host running the same command) the model is
+    loaded onto the configured mesh, so the whole slice generates, prompts split over
+    data x fsdp when a chunk's rows divide over it; each host gets every completion back and
+    process 0 writes the outputs. Otherwise it runs on one device."""
+    mesh = None
+    if cfg.mesh.distributed:
+        initialize_distributed(cfg.mesh)
+        mesh = make_mesh(cfg.mesh)
+    model = from_pretrained(model_dir, dtype=cfg.model.dtype, mesh=mesh)
     return model, _builder(cfg, model.config, include_reply=False)
 
 
@@ -215,7 +230,9 @@ def evaluate_model(cfg: RunConfig, model_dir: str, records, out_dir: str) -> dic
     options = options_from(EvalOptions, cfg.eval, seed=cfg.seed)
     judgements = judge(model, builder.tokenizer, records, builder, options)
     summary = summarize(judgements)
-    write_report(summary, judgements, out_dir)
+    if writes_here():
+        write_report(summary, judgements, out_dir)
+    wait_for_writer(f"eval {out_dir}")
     return summary
 
 
@@ -235,16 +252,18 @@ def rejection_sample(cfg: RunConfig, model_dir: str, records, data_root: str, ou
     options = options_from(RejectionOptions, cfg.rejection, seed=cfg.seed)
     completions = generate_completions(model, builder.tokenizer, records, builder, options)
     sft, grpo, stats = split_samples(records, completions, options)
-    write_released_formats(
-        sft,
-        grpo,
-        Templates.load(cfg.data.templates),
-        data_root,
-        os.path.join(out_dir, "sft.jsonl"),
-        os.path.join(out_dir, "grpo.jsonl"),
-    )
-    with open(os.path.join(out_dir, "stats.json"), "w") as f:
-        json.dump(stats, f, indent=2)
+    if writes_here():
+        write_released_formats(
+            sft,
+            grpo,
+            Templates.load(cfg.data.templates),
+            data_root,
+            os.path.join(out_dir, "sft.jsonl"),
+            os.path.join(out_dir, "grpo.jsonl"),
+        )
+        with open(os.path.join(out_dir, "stats.json"), "w") as f:
+            json.dump(stats, f, indent=2)
+    wait_for_writer(f"rejection sampling {out_dir}")
     return stats
 
 

@@ -14,6 +14,7 @@ import os
 from urt_jax.config import RunConfig, options_from
 from urt_jax.data.readers import read_records
 from urt_jax.data.records import RecordError
+from urt_jax.sharding.mesh import wait_for_writer, writes_here
 
 
 def read_items(path: str, data_root: str | None) -> list:
@@ -36,26 +37,31 @@ def score_file(
     model, builder = generation_setup(cfg, model_dir)
     options = options_from(EvalOptions, cfg.eval, swap=False, seed=cfg.seed)
     judgements = judge(model, builder.tokenizer, records, builder, options)
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     labelled = correct = well_formed = 0
-    tmp = output + ".tmp"
-    with open(tmp, "w") as f:
-        for record, j in zip(records, judgements, strict=True):
-            row = {
-                "id": record.id,
-                "task": record.task,
-                "mode": record.mode,
-                "verdict": j["answer"],
-                "output": j["output"],
-                "format": j["format"],
-            }
-            if record.verdict:
-                row |= {"expected": record.verdict, "correct": j["correct"]}
-                labelled += 1
-                correct += j["correct"]
-            well_formed += j["format"]
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, output)
+    rows = []
+    for record, j in zip(records, judgements, strict=True):
+        row = {
+            "id": record.id,
+            "task": record.task,
+            "mode": record.mode,
+            "verdict": j["answer"],
+            "output": j["output"],
+            "format": j["format"],
+        }
+        if record.verdict:
+            row |= {"expected": record.verdict, "correct": j["correct"]}
+            labelled += 1
+            correct += j["correct"]
+        well_formed += j["format"]
+        rows.append(row)
+    if writes_here():  # on several processes (mesh.distributed) every one judged every item
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        tmp = output + ".tmp"
+        with open(tmp, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        os.replace(tmp, output)
+    wait_for_writer(f"score {output}")
     n = len(records)
     return {
         "items": n,

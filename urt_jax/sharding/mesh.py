@@ -28,7 +28,7 @@ class MeshConfig:
 
 def initialize_distributed(cfg: MeshConfig) -> None:
     """jax.distributed.initialize() when configured (TPU pods detect everything themselves)."""
-    if not cfg.distributed:
+    if not cfg.distributed or jax.distributed.is_initialized():  # once per process
         return
     # CPU processes need a collectives library to talk to each other (TPU/GPU ignore this).
     if jax.config.jax_cpu_collectives_implementation in (None, "none", ""):
@@ -108,6 +108,19 @@ def to_host(value) -> np.ndarray:
 
         return np.asarray(multihost_utils.process_allgather(value, tiled=True))
     return np.asarray(value)
+
+
+def writes_here() -> bool:
+    """Whether this process writes shared outputs (files every process computed alike)."""
+    return jax.process_index() == 0
+
+
+def wait_for_writer(name: str) -> None:
+    """On several processes, a barrier: no process reads what process 0 writes before it has."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _named(sizes) -> dict[str, int]:

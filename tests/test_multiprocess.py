@@ -1,5 +1,6 @@
-"""`urt-jax grpo` on two jax.distributed processes (4 CPU devices each) matches one process with
-8 devices: the same completions, rewards and losses, and the same exported policy."""
+"""Stages on two jax.distributed processes (4 CPU devices each) against one process with 8
+devices: `urt-jax grpo` gives the same completions, rewards, losses and exported policy, and
+`urt-jax sample` (rejection sampling on the mesh) writes the same files, once."""
 
 import json
 import os
@@ -25,7 +26,7 @@ STEPS = 2
 def config_path(tmp_path_factory):
     out = tmp_path_factory.mktemp("grpo_processes")
     paths = write_synthetic(
-        str(out / "data"), n_train=4, n_heldout=1, seed=5, cfg=SyntheticConfig(image_size=56)
+        str(out / "data"), n_train=8, n_heldout=1, seed=5, cfg=SyntheticConfig(image_size=56)
     )
     config = Qwen25VLConfig.from_yaml(os.path.join(ROOT, "configs", "model", "tiny.yaml"))
     save_pretrained(init_model(config, seed=0), str(out / "policy"))
@@ -33,11 +34,13 @@ def config_path(tmp_path_factory):
         "seed": 0,
         "model": {"hf_dir": str(out / "policy")},
         "data": {
+            "train": paths["train"],
             "templates": os.path.join(ROOT, "configs", "templates", "short.yaml"),
             "max_pixels": 3136,
             "max_frames": 4,
         },
         "train": {"checkpoint_every": 100, "progress": False},
+        "rejection": {"samples_per_prompt": 2, "max_new_tokens": 6, "batch_size": 8},
         "grpo": {
             "data": paths["train"],
             "max_steps": STEPS,
@@ -55,8 +58,8 @@ def config_path(tmp_path_factory):
     return str(path)
 
 
-def _launch(config_path, out, devices, *extra):
-    cmd = [sys.executable, "-m", "urt_jax.cli", "grpo", config_path, f"output_dir={out}", *extra]
+def _launch(stage, config_path, out, devices, *extra):
+    cmd = [sys.executable, "-m", "urt_jax.cli", stage, config_path, f"output_dir={out}", *extra]
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     return subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
@@ -79,24 +82,30 @@ def _read(out):
     return metrics, completions, params
 
 
-def test_two_processes_match_one(config_path, tmp_path):
-    _finish([_launch(config_path, str(tmp_path / "one"), 8)])
+def _distributed(stage, config_path, out, processes):
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    dist = [
-        _launch(
-            config_path,
-            str(tmp_path / "two"),
-            4,
-            "mesh.distributed=true",
-            f"mesh.coordinator_address=localhost:{port}",
-            "mesh.num_processes=2",
-            f"mesh.process_id={pid}",
-        )
-        for pid in range(2)
-    ]
-    _finish(dist)
+    _finish(
+        [
+            _launch(
+                stage,
+                config_path,
+                out,
+                8 // processes,
+                "mesh.distributed=true",
+                f"mesh.coordinator_address=localhost:{port}",
+                f"mesh.num_processes={processes}",
+                f"mesh.process_id={pid}",
+            )
+            for pid in range(processes)
+        ]
+    )
+
+
+def test_grpo_on_two_processes_matches_one(config_path, tmp_path):
+    _finish([_launch("grpo", config_path, str(tmp_path / "one"), 8)])
+    _distributed("grpo", config_path, str(tmp_path / "two"), 2)
     (m1, c1, p1), (m2, c2, p2) = _read(str(tmp_path / "one")), _read(str(tmp_path / "two"))
     assert len(m1) == len(m2) == STEPS and len(c2) == STEPS * 8  # written once, by process 0
     assert [c["completion"] for c in c2] == [c["completion"] for c in c1]
@@ -105,3 +114,18 @@ def test_two_processes_match_one(config_path, tmp_path):
     assert p2.keys() == p1.keys()
     for key, value in p1.items():
         np.testing.assert_allclose(p2[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_rejection_sampling_on_two_processes_matches_one(config_path, tmp_path):
+    """Chunks of 8 prompts on the (fsdp 4, tensor 2) mesh, split over fsdp: the files process 0
+    writes equal those of one process with 8 devices, and nothing else is left there."""
+    for processes in (1, 2):
+        _distributed("sample", config_path, str(tmp_path / str(processes)), processes)
+    files = ("sft.jsonl", "grpo.jsonl", "stats.json")
+    got = [
+        [(tmp_path / str(n) / "rejection_sampling" / f).read_text() for f in files] for n in (1, 2)
+    ]
+    assert got[0] == got[1]
+    stats = json.loads(got[1][2])
+    assert stats["samples"] == 16
+    assert sorted(os.listdir(tmp_path / "2" / "rejection_sampling")) == sorted(files)
