@@ -26,7 +26,7 @@ from urt_jax.model.config import ConfigError, Qwen25VLConfig
 from urt_jax.model.layers import DTypePolicy
 from urt_jax.model.qwen2_5_vl import Qwen25VL
 from urt_jax.model.safetensors_io import SafetensorsCheckpoint, save_safetensors
-from urt_jax.sharding.mesh import to_host
+from urt_jax.sharding.mesh import to_host, wait_for_writer, writes_here
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +345,7 @@ def save_pretrained(
     contents to write as well.
     """
     out_dir = os.fspath(out_dir)
-    writer = jax.process_index() == 0
+    writer = writes_here()
     tensors = {}
     for key, value in hf_tensors(model):  # every process takes part in gathering each tensor
         if writer:
@@ -357,10 +357,7 @@ def save_pretrained(
         write_config_and_aux_files(model, out_dir, dtype, source_dir)
         for name, content in (extra_files or {}).items():
             _write_atomic(os.path.join(out_dir, name), content)
-    if jax.process_count() > 1:  # no process goes on to read the directory before it is written
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(f"save_pretrained {out_dir}")
+    wait_for_writer(f"save_pretrained {out_dir}")
 
 
 def write_config_and_aux_files(
