@@ -58,7 +58,7 @@ from urt_jax.config import load_run_config  # noqa: E402
 from urt_jax.model.config import Qwen25VLConfig  # noqa: E402
 from urt_jax.model.kernels import compile_target  # noqa: E402
 from urt_jax.sharding.init import abstract_model  # noqa: E402
-from urt_jax.sharding.mesh import MeshConfig, make_mesh  # noqa: E402
+from urt_jax.sharding.mesh import MeshConfig, batch_ways, make_mesh  # noqa: E402
 from urt_jax.sharding.mesh import replicated as replicated_sharding  # noqa: E402
 from urt_jax.train.grpo import GRPOTrainer  # noqa: E402
 from urt_jax.train.optim import init_train_state, make_optimizer  # noqa: E402
@@ -75,11 +75,6 @@ def nbytes(tree) -> int:
         shape = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
         total += int(np.prod(shape)) * jnp.dtype(x.dtype).itemsize
     return total
-
-
-def batch_ways(mesh) -> int:
-    """Devices the batch is split over (data x fsdp); tensor-parallel devices share rows."""
-    return int(mesh.shape["data"] * mesh.shape["fsdp"])
 
 
 def analyse(lowered) -> dict:
@@ -99,17 +94,23 @@ def analyse(lowered) -> dict:
     }
 
 
+def abstract_gradients(params, mesh):
+    """(fp32 gradients sharded like ``params``, a replicated fp32 scalar) as ShapeDtypeStructs:
+    the pieces of a gradient accumulator and of ``apply``'s arguments."""
+    scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated_sharding(mesh))
+    grads = jax.tree.map(
+        lambda p: jax.ShapeDtypeStruct(p.shape, jnp.float32, sharding=p.sharding), params
+    )
+    return grads, scalar
+
+
 def compile_sft(config, run, mesh, cases) -> dict:
     """The project's SFTTrainer jits (accumulate = forward + backward of one micro-batch,
     apply = clip + AdamW), built by its own constructor on an abstract model."""
     model = abstract_model(config, mesh, run.model.dtype, run.model.remat)
     trainer = SFTTrainer(model, mesh, run.train, run.train.max_steps, run.seed)
     params, frozen = trainer.state["params"], trainer.frozen
-    rep = replicated_sharding(mesh)
-    scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)
-    grads = jax.tree.map(
-        lambda p: jax.ShapeDtypeStruct(p.shape, jnp.float32, sharding=p.sharding), params
-    )
+    grads, scalar = abstract_gradients(params, mesh)
     out = {"apply": analyse(trainer._apply.lower(trainer.state, grads, scalar, scalar))}
     for name, (rows, length) in cases.items():
         placed = shard_batch(mesh, sft_batch(config, rows, length, run.data))
@@ -144,11 +145,7 @@ def compile_grpo(config, run, mesh) -> dict:
             trainer._update.lower(trainer.state, frozen, micro, None, ref, prompt_length=p)
         )
     else:
-        rep = replicated_sharding(mesh)
-        scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)
-        grads = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=x.sharding), params
-        )
+        grads, scalar = abstract_gradients(params, mesh)
         acc = (grads, scalar)
         out["update"] = analyse(
             trainer._accumulate.lower(acc, params, frozen, micro, None, ref, prompt_length=p)

@@ -12,7 +12,7 @@ import dataclasses
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from urt_jax.config import DataSection, GRPOSection
 from urt_jax.data.batching import Batch, Buckets, collate, pow2_at_least
@@ -20,7 +20,7 @@ from urt_jax.data.processor import smart_resize
 from urt_jax.generate.sampler import PROMPT_BUCKETS, _bucket
 from urt_jax.model.config import Qwen25VLConfig
 from urt_jax.model.inputs import BATCH_AXIS, ModelInputs, prepare_inputs
-from urt_jax.sharding.mesh import BATCH_AXES
+from urt_jax.sharding.mesh import batch_sharding
 from urt_jax.train.grpo import MicroBatch
 
 # name -> (fsdp, tensor); data = 1. "fsdp4" uses 4 of the 8 fake devices: a v5p-8 slice is
@@ -68,9 +68,7 @@ def _abstract(inputs: ModelInputs, rows: int, mesh: Mesh) -> ModelInputs:
     def one(a, axis):
         shape = list(np.shape(a))
         shape[axis] = rows
-        spec = [None] * len(shape)
-        spec[axis] = BATCH_AXES
-        sharding = NamedSharding(mesh, PartitionSpec(*spec))
+        sharding = batch_sharding(mesh, len(shape), axis)
         return jax.ShapeDtypeStruct(tuple(shape), np.asarray(a).dtype, sharding=sharding)
 
     return inputs.map_with_batch_axis(one)
@@ -117,12 +115,11 @@ def grpo_micro_batch(
     )
     rows = g.micro_batch_rows or g.prompts_per_step * g.num_generations
     assert set(BATCH_AXIS) == {f.name for f in dataclasses.fields(ModelInputs)}
-    per_row = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
-    per_token = jax.ShapeDtypeStruct((rows, n), np.float32, sharding=per_row)
+    per_token = jax.ShapeDtypeStruct((rows, n), np.float32, sharding=batch_sharding(mesh, 2, 0))
     micro = MicroBatch(
         _abstract(inputs, rows, mesh),
         per_token,
         per_token,
-        jax.ShapeDtypeStruct((rows,), np.float32, sharding=per_row),
+        jax.ShapeDtypeStruct((rows,), np.float32, sharding=batch_sharding(mesh, 1, 0)),
     )
     return micro, p, n

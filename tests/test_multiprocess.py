@@ -4,18 +4,16 @@ devices: `urt-jax grpo` gives the same completions, rewards, losses and exported
 
 import json
 import os
-import socket
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import yaml
 
+from tests.processes import hf_params, run_distributed, run_together
 from urt_jax.data.synthetic import SyntheticConfig, write_synthetic
 from urt_jax.model.config import Qwen25VLConfig
 from urt_jax.model.hf import save_pretrained
-from urt_jax.model.safetensors_io import SafetensorsCheckpoint
 from urt_jax.sharding.init import init_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,18 +56,8 @@ def config_path(tmp_path_factory):
     return str(path)
 
 
-def _launch(stage, config_path, out, devices, *extra):
-    cmd = [sys.executable, "-m", "urt_jax.cli", stage, config_path, f"output_dir={out}", *extra]
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    return subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-    )
-
-
-def _finish(procs):
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, text in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, text[-3000:]
+def _cli(stage, config_path, out):
+    return [sys.executable, "-m", "urt_jax.cli", stage, config_path, f"output_dir={out}"]
 
 
 def _read(out):
@@ -77,35 +65,12 @@ def _read(out):
         metrics = [json.loads(line) for line in f]
     with open(os.path.join(out, "completions.jsonl")) as f:
         completions = [json.loads(line) for line in f]
-    with SafetensorsCheckpoint.open(os.path.join(out, "hf")) as ckpt:
-        params = {k: np.array(ckpt.get(k)) for k in ckpt.keys()}
-    return metrics, completions, params
-
-
-def _distributed(stage, config_path, out, processes):
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
-    _finish(
-        [
-            _launch(
-                stage,
-                config_path,
-                out,
-                8 // processes,
-                "mesh.distributed=true",
-                f"mesh.coordinator_address=localhost:{port}",
-                f"mesh.num_processes={processes}",
-                f"mesh.process_id={pid}",
-            )
-            for pid in range(processes)
-        ]
-    )
+    return metrics, completions, hf_params(out)
 
 
 def test_grpo_on_two_processes_matches_one(config_path, tmp_path):
-    _finish([_launch("grpo", config_path, str(tmp_path / "one"), 8)])
-    _distributed("grpo", config_path, str(tmp_path / "two"), 2)
+    run_together([_cli("grpo", config_path, str(tmp_path / "one"))], devices=8)
+    run_distributed(_cli("grpo", config_path, str(tmp_path / "two")), processes=2, devices=4)
     (m1, c1, p1), (m2, c2, p2) = _read(str(tmp_path / "one")), _read(str(tmp_path / "two"))
     assert len(m1) == len(m2) == STEPS and len(c2) == STEPS * 8  # written once, by process 0
     assert [c["completion"] for c in c2] == [c["completion"] for c in c1]
@@ -120,7 +85,8 @@ def test_rejection_sampling_on_two_processes_matches_one(config_path, tmp_path):
     """Chunks of 8 prompts on the (fsdp 4, tensor 2) mesh, split over fsdp: the files process 0
     writes equal those of one process with 8 devices, and nothing else is left there."""
     for processes in (1, 2):
-        _distributed("sample", config_path, str(tmp_path / str(processes)), processes)
+        out = str(tmp_path / str(processes))
+        run_distributed(_cli("sample", config_path, out), processes, devices=8 // processes)
     files = ("sft.jsonl", "grpo.jsonl", "stats.json")
     got = [
         [(tmp_path / str(n) / "rejection_sampling" / f).read_text() for f in files] for n in (1, 2)

@@ -4,7 +4,6 @@ half-written checkpoint is ignored, and two jax.distributed processes match one 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,8 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.processes import hf_params, run_distributed
 from urt_jax.data.synthetic import SyntheticConfig, write_synthetic
-from urt_jax.model.safetensors_io import SafetensorsCheckpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
@@ -74,11 +73,6 @@ def _losses(out):
         return [json.loads(line)["loss"] for line in f]
 
 
-def _params(out):
-    with SafetensorsCheckpoint.open(os.path.join(out, "hf")) as ckpt:
-        return {k: np.array(ckpt.get(k)) for k in ckpt.keys()}
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(config_path, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("a"))
@@ -122,47 +116,19 @@ def test_killed_run_resumes_exactly(config_path, uninterrupted, tmp_path):
     want, got = _losses(uninterrupted), _losses(out)
     assert len(got) == STEPS
     np.testing.assert_array_equal(got, want)
-    a, b = _params(uninterrupted), _params(out)
+    a, b = hf_params(uninterrupted), hf_params(out)
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_array_equal(b[key], a[key], err_msg=key)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_match_one(config_path, uninterrupted, tmp_path):
-    port = _free_port()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    procs = []
-    for pid in range(2):
-        procs.append(
-            subprocess.Popen(
-                _cmd(
-                    config_path,
-                    str(tmp_path / "dist"),
-                    "mesh.distributed=true",
-                    f"mesh.coordinator_address=localhost:{port}",
-                    "mesh.num_processes=2",
-                    f"mesh.process_id={pid}",
-                ),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                env=env,
-            )
-        )
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, text in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, text[-3000:]
+    run_distributed(_cmd(config_path, str(tmp_path / "dist")), processes=2, devices=4)
     got = _losses(str(tmp_path / "dist"))  # written by process 0
     assert len(got) == STEPS
     np.testing.assert_allclose(got, _losses(uninterrupted), rtol=1e-5)
     # the exported model: every tensor gathered from both processes' shards
-    exported, want = _params(str(tmp_path / "dist")), _params(uninterrupted)
+    exported, want = hf_params(str(tmp_path / "dist")), hf_params(uninterrupted)
     assert exported.keys() == want.keys()
     for key, value in want.items():
         np.testing.assert_allclose(exported[key], value, rtol=1e-4, atol=1e-6, err_msg=key)

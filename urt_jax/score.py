@@ -8,11 +8,8 @@ verdict, the chain of thought and whether it is well formed; items that carry a 
 
 from __future__ import annotations
 
-import json
-import os
-
 from urt_jax.config import RunConfig, options_from
-from urt_jax.data.readers import read_records
+from urt_jax.data.readers import read_records, write_jsonl
 from urt_jax.data.records import RecordError
 from urt_jax.sharding.mesh import wait_for_writer, writes_here
 
@@ -55,12 +52,7 @@ def score_file(
         well_formed += j["format"]
         rows.append(row)
     if writes_here():  # on several processes (mesh.distributed) every one judged every item
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-        tmp = output + ".tmp"
-        with open(tmp, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-        os.replace(tmp, output)
+        write_jsonl(output, rows)
     wait_for_writer(f"score {output}")
     n = len(records)
     return {

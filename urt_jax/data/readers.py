@@ -15,13 +15,24 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from urt_jax.data.records import Media, PreferenceRecord, RecordError, task_from_verdict
 from urt_jax.rewards import extract_answer
 
 _MEDIA_MARK = re.compile(r"<image>\n?|<video>\n?")
+
+
+def write_jsonl(path: str, rows: Iterable[dict]) -> None:
+    """``rows`` as a JSONL file, written whole or not at all (a temporary file, then a rename);
+    the directory is created if missing."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
 
 
 def iter_json_objects(path: str) -> Iterator[tuple[int, Any | Exception]]:

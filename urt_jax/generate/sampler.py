@@ -29,7 +29,7 @@ from urt_jax.model.layers import Dense
 from urt_jax.model.qwen2_5_vl import Qwen25VL
 from urt_jax.model.rope import mrope_cos_sin
 from urt_jax.model.text import KVCache, causal_padding_mask
-from urt_jax.sharding.mesh import BATCH_AXES, put_whole, to_host
+from urt_jax.sharding.mesh import batch_ways, put_whole, to_host
 
 PROMPT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
@@ -354,8 +354,7 @@ def _place_on_mesh(mesh, inputs: ModelInputs, deltas: np.ndarray):
     """Prompts split over data x fsdp when the rows divide evenly, else replicated. Every
     process holds the same prompts (a multi-host mesh): each places its own devices' part."""
 
-    ways = int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.shape]))
-    split = inputs.input_ids.shape[0] % ways == 0
+    split = inputs.input_ids.shape[0] % batch_ways(mesh) == 0
 
     def put(array, batch_axis):
         return put_whole(mesh, array, batch_axis if split else None)

@@ -87,16 +87,27 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def batch_ways(mesh: Mesh) -> int:
+    """How many ways the batch is split: data x fsdp (tensor-parallel devices share rows)."""
+    return int(np.prod([mesh.shape.get(a, 1) for a in BATCH_AXES]))
+
+
+def batch_sharding(mesh: Mesh, ndim: int, batch_axis: int | None) -> NamedSharding:
+    """An ``ndim``-dimensional array's sharding with ``batch_axis`` split over data x fsdp and
+    every other axis replicated (None: all replicated)."""
+    spec = [None] * ndim
+    if batch_axis is not None:
+        spec[batch_axis] = BATCH_AXES
+    return NamedSharding(mesh, PartitionSpec(*spec))
+
+
 def put_whole(mesh: Mesh, array: np.ndarray, batch_axis: int | None) -> jax.Array:
     """A global array from the whole ``array``, which every process holds identically (rollouts,
     sampler prompts): each process places its own devices' part. The batch axis is split over
     data x fsdp; None replicates."""
-    spec = [None] * np.ndim(array)
-    if batch_axis is not None:
-        spec[batch_axis] = BATCH_AXES
     array = np.asarray(array)
     return jax.make_array_from_process_local_data(
-        NamedSharding(mesh, PartitionSpec(*spec)), array, array.shape
+        batch_sharding(mesh, array.ndim, batch_axis), array, array.shape
     )
 
 

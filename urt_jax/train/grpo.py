@@ -40,7 +40,7 @@ from urt_jax.generate.sampler import sample
 from urt_jax.model.inputs import ModelInputs, prepare_inputs
 from urt_jax.model.qwen2_5_vl import Qwen25VL
 from urt_jax.rewards import RewardSpec, compute_rewards, parse_reward_specs
-from urt_jax.sharding.mesh import put_whole
+from urt_jax.sharding.mesh import batch_ways, put_whole
 from urt_jax.sharding.mesh import replicated as replicated_sharding
 from urt_jax.train.grpo_loss import (
     GRPOLossConfig,
@@ -308,7 +308,7 @@ class GRPOTrainer:
         when unset), on the mesh, each with its rows of the whole batch's token weights."""
         rows = r.inputs.input_ids.shape[0]
         size = self.g.micro_batch_rows or rows
-        ways = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        ways = batch_ways(self.mesh)
         if rows % size:
             raise ValueError(
                 f"grpo.micro_batch_rows={size} does not divide the {rows} rows of a generation "

@@ -6,10 +6,10 @@ Both files are written in the released formats (SFT: ``conversations`` + media; 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Sequence
 
+from urt_jax.data.readers import write_jsonl
 from urt_jax.data.records import PreferenceRecord
 from urt_jax.generate.prompts import complete
 from urt_jax.rewards import accuracy_reward, format_reward
@@ -126,15 +126,7 @@ def write_released_formats(
     def marks(record: PreferenceRecord) -> str:
         return "".join("<image>\n" if m.kind == "image" else "<video>\n" for m in record.media)
 
-    def write(path: str, rows: list[dict]) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-        os.replace(tmp, path)
-
-    write(
+    write_jsonl(
         sft_path,
         [
             {
@@ -148,7 +140,7 @@ def write_released_formats(
             for r, completion in sft
         ],
     )
-    write(
+    write_jsonl(
         grpo_path,
         [
             {

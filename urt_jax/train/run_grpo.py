@@ -6,14 +6,13 @@ import json
 import logging
 import os
 
-import jax
 import numpy as np
 
 from urt_jax.config import RunConfig, RunConfigError
 from urt_jax.data.examples import builder_from_config
 from urt_jax.data.sources import open_records
 from urt_jax.model.hf import save_pretrained
-from urt_jax.sharding.mesh import initialize_distributed, make_mesh
+from urt_jax.sharding.mesh import initialize_distributed, make_mesh, writes_here
 from urt_jax.train.checkpoint import Checkpointer
 from urt_jax.train.grpo import GRPOTrainer
 from urt_jax.train.metrics import MetricsLogger
@@ -74,7 +73,7 @@ def run_grpo(
     if restored is not None:
         start, trainer.state, _ = restored
         log.info("resumed GRPO from step %d", start)
-    writer = jax.process_index() == 0
+    writer = writes_here()
     logger = MetricsLogger(
         out_dir,
         g.max_steps,

@@ -15,7 +15,7 @@ from urt_jax.data.sources import open_records
 from urt_jax.model.config import Qwen25VLConfig
 from urt_jax.model.hf import from_pretrained, save_pretrained
 from urt_jax.sharding.init import init_model
-from urt_jax.sharding.mesh import initialize_distributed, make_mesh
+from urt_jax.sharding.mesh import batch_ways, initialize_distributed, make_mesh, writes_here
 from urt_jax.train.checkpoint import Checkpointer
 from urt_jax.train.metrics import MetricsLogger
 from urt_jax.train.sft import SFTTrainer
@@ -70,11 +70,11 @@ def run_sft(
     model = load_model(cfg, mesh, hf_dir)
     data, train = cfg.data, cfg.train
     n_proc = jax.process_count()
-    batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
-    if data.batch_size % batch_ways or data.batch_size % n_proc:
+    ways = batch_ways(mesh)
+    if data.batch_size % ways or data.batch_size % n_proc:
         raise ValueError(
             f"data.batch_size {data.batch_size} must divide by data*fsdp = "
-            f"{batch_ways} and by the {n_proc} processes"
+            f"{ways} and by the {n_proc} processes"
         )
     builder = builder_from_config(data, model.config, cfg.seed)
     records = open_records(
@@ -110,7 +110,7 @@ def run_sft(
         iterator.set_state(data_state)
         log.info("resumed from step %d", start)
     logger = MetricsLogger(
-        out_dir, train.max_steps, start, progress=train.progress, enabled=jax.process_index() == 0
+        out_dir, train.max_steps, start, progress=train.progress, enabled=writes_here()
     )
     last = {}
     try:

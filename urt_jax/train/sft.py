@@ -18,13 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from urt_jax.config import TrainSection
 from urt_jax.data.batching import Batch, batch_sizes, pad_batch
 from urt_jax.model.inputs import ModelInputs
 from urt_jax.model.qwen2_5_vl import Qwen25VL
-from urt_jax.sharding.mesh import BATCH_AXES
+from urt_jax.sharding.mesh import batch_sharding
 from urt_jax.sharding.mesh import replicated as replicated_sharding
 from urt_jax.train.loss import target_nll
 from urt_jax.train.optim import (
@@ -51,11 +51,9 @@ def trainable_filter(freeze_vision: bool):
 
 def put_global(mesh: Mesh, array: np.ndarray, batch_axis: int | None) -> jax.Array:
     """A global array from this process's rows (the batch axis split over data and fsdp)."""
-    spec = [None] * array.ndim
-    if batch_axis is not None:
-        spec[batch_axis] = BATCH_AXES
+    array = np.asarray(array)
     return jax.make_array_from_process_local_data(
-        NamedSharding(mesh, PartitionSpec(*spec)), np.asarray(array)
+        batch_sharding(mesh, array.ndim, batch_axis), array
     )
 
 
