@@ -2,11 +2,15 @@
 formulas they replace (fp32, GQA, causal + padding masks, a key row fully masked on padding),
 and the LM head's log-probabilities of target tokens (urt_jax.train.loss)."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
+from urt_jax.model.config import Qwen25VLConfig
 from urt_jax.model.kernels import (
     apply_rotary,
     causal_blocks,
@@ -16,8 +20,11 @@ from urt_jax.model.kernels import (
     swiglu,
     tokens_major,
 )
-from urt_jax.model.layers import masked_softmax_attention
+from urt_jax.model.layers import DTypePolicy, masked_softmax_attention
+from urt_jax.model.text import TextModel
 from urt_jax.train.loss import token_log_probs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _plain_attention(q, k, v, mask, scale):
@@ -75,6 +82,28 @@ def test_cpu_workaround_follows_the_compile_target():
         for_tpu = program()
     assert ("case" in on_cpu) == (jax.default_backend() == "cpu")
     assert "case" not in for_tpu
+
+
+def test_decoder_layers_scan_rolled_for_tpu_unrolled_on_cpu():
+    """The stacked decoder layers run as one rolled loop in a program traced for TPU (one
+    layer's weights and gradients live at a time), and unrolled for XLA:CPU."""
+    config = Qwen25VLConfig.from_yaml(os.path.join(ROOT, "configs", "model", "tiny.yaml"))
+    text = TextModel(config.text, DTypePolicy(), nnx.Rngs(0))
+    b, t, d = 2, 8, config.text.hidden_size
+    x, cos = jnp.ones((b, t, d)), jnp.ones((b, t, config.text.head_dim))
+    mask = jnp.ones((b, t, t), bool)
+
+    def program():  # fresh functions: jit must not hand back the other target's trace
+        graphdef, state = nnx.split(text)
+        loss = lambda s: nnx.merge(graphdef, s)(x, cos, cos, mask).sum()  # noqa: E731
+        return jax.jit(jax.grad(loss)).lower(state).as_text()
+
+    on_cpu = program()
+    with compile_target("tpu"):
+        for_tpu = program()
+    assert config.text.num_hidden_layers > 1
+    assert "while" in for_tpu
+    assert ("while" in on_cpu) == (jax.default_backend() != "cpu")
 
 
 @pytest.mark.parametrize("blocks", [1, 2, 4])

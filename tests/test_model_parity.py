@@ -129,7 +129,7 @@ def test_bf16_logits_close_to_transformers_bf16(tmp_path):
     hf16 = ref.make_model(ref.tiny_config(), seed=7, dtype=torch.bfloat16)
     ref.save_model(hf16, tmp_path)
     ours = urt_jax.from_pretrained(tmp_path)  # dtype kept from the checkpoint: bf16
-    assert ours.language_model.layers[0].mlp.up_proj.kernel[...].dtype == np.dtype("bfloat16")
+    assert ours.language_model.layers.mlp.up_proj.kernel[...].dtype == np.dtype("bfloat16")
     rows, side = CASES["left_padded_image_and_video"]
     batch = ref.build_batch(rows, padding_side=side, seed=6)
     expected = ref.hf_logits(hf16, batch)

@@ -12,6 +12,7 @@ from tests import hf_reference as ref
 from urt_jax.generate import sample
 from urt_jax.generate.sampler import (
     _filter_logits,
+    _prefill,
     _sample_jit,
     _transpose_decoder_kernels,
     inverse_cdf_sample,
@@ -70,21 +71,29 @@ def test_greedy_equals_transformers_generate(pair, case):
 
 def test_kernels_transposed_for_decoding_give_the_same_model(pair):
     _, ours = pair
-    copy = nnx.clone(ours)
-    _transpose_decoder_kernels(copy)
-    before = {p: v.get_value().shape for p, v in nnx.to_flat_state(nnx.state(ours))}
-    after = {p: v.get_value().shape for p, v in nnx.to_flat_state(nnx.state(copy))}
+    layers = ours.language_model.layer_list()  # the sampler's per-layer view of the stack
+    model, copies = nnx.clone(ours), [nnx.clone(layer) for layer in layers]
+    _transpose_decoder_kernels(model, copies)
+
+    def shapes(module):
+        return {p: v.get_value().shape for p, v in nnx.to_flat_state(nnx.state(module))}
+
+    before, after = shapes(layers[0]), shapes(copies[0])
     moved = {p[:-1] for p in before if p[-1] == "kernel" and after[p] != before[p]}
-    layer = ("language_model", "layers", 0)
-    assert {("lm_head",), layer + ("mlp", "gate_proj"), layer + ("mlp", "up_proj")} <= moved
-    assert layer + ("mlp", "down_proj") not in moved
-    assert not any(p[0] == "visual" for p in moved)
+    assert moved == {("mlp", "gate_proj"), ("mlp", "up_proj")}
+    assert model.lm_head.kernel.shape == ours.lm_head.kernel.shape[::-1]
+    assert shapes(model.visual) == shapes(ours.visual)
     batch = ref.build_batch(CASES["image"][0], padding_side="left", seed=3)
     inputs, _ = prepare_inputs(
         ours.config, **{k: v for k, v in batch.items() if k != "mm_token_type_ids"}
     )
     inputs = jax.tree.map(jnp.asarray, inputs)
-    np.testing.assert_allclose(copy.forward(inputs), ours.forward(inputs), rtol=0, atol=1e-5)
+    length = inputs.input_ids.shape[1]
+    hidden, _ = _prefill(model, copies, inputs, length)
+    # the per-layer loop with transposed kernels against the scanned stack as stored
+    np.testing.assert_allclose(
+        model.logits(hidden)[:, 0], ours.forward(inputs)[:, -1], rtol=0, atol=1e-5
+    )
 
 
 def test_both_kernel_layouts_sample_the_same(pair):

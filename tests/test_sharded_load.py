@@ -47,8 +47,8 @@ def _logits(model, batch):
 def test_sharded_load_matches_and_follows_rules(hf_dir, mesh):
     plain = urt_jax.from_pretrained(hf_dir, dtype="float32")
     sharded = urt_jax.from_pretrained(hf_dir, dtype="float32", mesh=mesh)
-    q = sharded.language_model.layers[0].self_attn.q_proj.kernel
-    assert q[...].sharding.spec == PartitionSpec("fsdp", "tensor")
+    q = sharded.language_model.layers.self_attn.q_proj.kernel  # stacked: [layers, embed, heads]
+    assert q[...].sharding.spec == PartitionSpec(None, "fsdp", "tensor")
     emb = sharded.language_model.embed_tokens.embedding
     assert emb[...].sharding.spec == PartitionSpec("tensor", "fsdp")
     norm = sharded.language_model.norm.weight
@@ -79,8 +79,8 @@ def test_orbax_round_trip_onto_mesh(hf_dir, mesh, tmp_path):
         np.testing.assert_array_equal(
             np.asarray(var.get_value()), np.asarray(want[path].get_value())
         )
-    up = restored.language_model.layers[1].mlp.up_proj.kernel[...]
-    assert up.sharding.spec == PartitionSpec("fsdp", "tensor")
+    up = restored.language_model.layers.mlp.up_proj.kernel[...]
+    assert up.sharding.spec == PartitionSpec(None, "fsdp", "tensor")
 
 
 def test_remat_gives_the_same_gradients(hf_dir):

@@ -128,37 +128,45 @@ def _first_past(cdf: jax.Array, u: jax.Array, mass: jax.Array) -> jax.Array:
     return jnp.minimum(jnp.sum(cdf <= u, axis=-1), last)
 
 
-def _transpose_decoder_kernels(model: Qwen25VL) -> None:
+def _transpose_decoder_kernels(model: Qwen25VL, layers: list) -> None:
     """The LM head's kernel and the text decoder's wide ones (more outputs than inputs: gate and
     up) stored [out, in] (``Dense.transpose_kernel``), on the traced copy of the model inside
     ``_sample_jit``. A decode step multiplies a few rows (prompts x G) by every weight, streaming
     the weights from memory, and XLA:CPU's matmul at 8 rows reads a wide [out, in] weight 1.3-1.6x
     faster than an [in, out] one (the others: no faster). Benchmark model, G = 8: 17.6 -> 15.0 ms
     a decode step, for about 40 ms of transposes a call. A tied LM head (the embedding, [V, D])
-    is [out, in] already. The copies cost memory for the call: the LM head, gate and up again."""
+    is [out, in] already. The copies cost memory for the call: the LM head, gate and up again.
+    ``layers`` are the decoder's layers as the sampler runs them (``TextModel.layer_list``)."""
     wide = [
         module
-        for _, module in nnx.iter_modules(model.language_model)
+        for layer in layers
+        for _, module in nnx.iter_modules(layer)
         if isinstance(module, Dense) and module.kernel.shape[1] > module.kernel.shape[0]
     ]
     for module in wide + ([] if model.lm_head is None else [model.lm_head]):
         module.transpose_kernel()
 
 
-def _prefill(model: Qwen25VL, inputs: ModelInputs, cache_len: int):
+def _prefill(model: Qwen25VL, layers, inputs: ModelInputs, cache_len: int):
     """Hidden state of the last prompt position and one KVCache of cache_len slots per layer."""
     x = model.embed(inputs)
     cos, sin = mrope_cos_sin(inputs.position_ids, model.config, x.dtype)
     mask = causal_padding_mask(inputs.attention_mask)
     caches = []
-    for layer in model.language_model.layers:
+    for layer in layers:
         x, (k, v) = layer.step(x, cos, sin, mask)
         caches.append(KVCache.from_prefill(k, v, cache_len))
     return model.language_model.norm(x[:, -1:]), caches
 
 
 def _decode_one(
-    model: Qwen25VL, token: jax.Array, position: jax.Array, caches, index, key_valid: jax.Array
+    model: Qwen25VL,
+    layers,
+    token: jax.Array,
+    position: jax.Array,
+    caches,
+    index,
+    key_valid: jax.Array,
 ):
     """One decoding step for tokens [R] at M-RoPE position [R]; writes cache slot ``index``."""
     x = model.language_model.embed_tokens(token[:, None])
@@ -166,7 +174,7 @@ def _decode_one(
     cos, sin = mrope_cos_sin(pos, model.config, x.dtype)
     mask = key_valid[:, None, :]  # [R, 1, S]
     new_caches = []
-    for layer, cache in zip(model.language_model.layers, caches, strict=True):
+    for layer, cache in zip(layers, caches, strict=True):
         x, cache = layer.decode(x, cos, sin, mask, cache, index)
         new_caches.append(cache)
     return model.logits(model.language_model.norm(x))[:, 0], new_caches
@@ -205,11 +213,12 @@ def _sample_jit(
     out_in_kernels: bool,
 ):
     model = nnx.merge(graphdef, state)
+    layers = model.language_model.layer_list()
     if out_in_kernels:
-        _transpose_decoder_kernels(model)
+        _transpose_decoder_kernels(model, layers)
     b, t = inputs.input_ids.shape
     cache_len = t + max_new_tokens
-    hidden, caches = _prefill(model, inputs, cache_len)
+    hidden, caches = _prefill(model, layers, inputs, cache_len)
     first_logits = model.logits(hidden)[:, 0]  # [B, V]
     rows = b * num_samples
     rep = lambda a: jnp.repeat(a, num_samples, axis=0)  # noqa: E731  prompt-major
@@ -237,7 +246,9 @@ def _sample_jit(
         lengths = lengths + (~done).astype(jnp.int32)
         done = done | jnp.isin(choice, eos)
         key_valid = key_valid.at[:, t + step].set(True)
-        logits, caches = _decode_one(model, choice, base_pos + step, caches, t + step, key_valid)
+        logits, caches = _decode_one(
+            model, layers, choice, base_pos + step, caches, t + step, key_valid
+        )
         return (step + 1, tokens, logprobs, lengths, done, logits, caches, key_valid, rng)
 
     carry = (

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from urt_jax.model.config import ConfigError, Qwen25VLConfig
 from urt_jax.model.layers import DTypePolicy
@@ -113,6 +114,7 @@ class Rule:
     path: tuple[str | int, ...]  # NNX state path
     transform: Transform
     hf_shape: tuple[int, ...]
+    layer: int | None = None  # index into the stacked parameter at ``path`` (decoder layers)
 
 
 def _path(dotted: str) -> tuple[str | int, ...]:
@@ -181,20 +183,30 @@ def hf_shapes(config: Qwen25VLConfig) -> dict[str, tuple[int, ...]]:
 
 def conversion_rules(config: Qwen25VLConfig) -> list[Rule]:
     shapes = hf_shapes(config)
-    rules = [(h, n, tr) for h, n, tr in _GLOBAL_RULES]
+    rules = [(h, n, tr, None) for h, n, tr in _GLOBAL_RULES]
     if not config.tie_word_embeddings:
-        rules.append(("lm_head.weight", "lm_head.kernel", LINEAR))
-    for i in range(config.text.num_hidden_layers):
+        rules.append(("lm_head.weight", "lm_head.kernel", LINEAR, None))
+    for i in range(config.text.num_hidden_layers):  # the decoder layers are stacked
         rules += [
-            (f"model.layers.{i}.{h}", f"language_model.layers.{i}.{n}", tr)
+            (f"model.layers.{i}.{h}", f"language_model.layers.{n}", tr, i)
             for h, n, tr in _TEXT_LAYER_RULES
         ]
     for i in range(config.vision.depth):
         rules += [
-            (f"visual.blocks.{i}.{h}", f"visual.blocks.{i}.{n}", tr)
+            (f"visual.blocks.{i}.{h}", f"visual.blocks.{i}.{n}", tr, None)
             for h, n, tr in _VISION_BLOCK_RULES
         ]
-    return [Rule(h, _path(n), tr, shapes[h]) for h, n, tr in rules]
+    return [Rule(h, _path(n), tr, shapes[h], i) for h, n, tr, i in rules]
+
+
+def rules_by_parameter(rules: list[Rule]) -> dict[tuple, list[Rule]]:
+    """The rules of each NNX parameter, in layer order for a stacked one."""
+    grouped: dict[tuple, list[Rule]] = {}
+    for rule in rules:
+        grouped.setdefault(rule.path, []).append(rule)
+    for group in grouped.values():
+        group.sort(key=lambda r: -1 if r.layer is None else r.layer)
+    return grouped
 
 
 _LAYOUT_RENAMES = [
@@ -265,7 +277,8 @@ def load_params_from_hf(
 
     _, abstract_state = nnx.split(abstract)
     flat = dict(nnx.to_flat_state(abstract_state))
-    for rule in rules:
+
+    def read(rule: Rule, dtype) -> np.ndarray:
         key = by_legacy[rule.hf_key]
         found = tuple(ckpt.shape(key))
         if found != rule.hf_shape:
@@ -273,18 +286,31 @@ def load_params_from_hf(
                 f"{model_dir}: tensor {key!r} has shape {found}, expected "
                 f"{rule.hf_shape} from config.json"
             )
-        var = flat[rule.path]
+        return np.asarray(rule.transform.to_nnx(ckpt.get(key))).astype(dtype)  # policy dtype
+
+    # one parameter at a time; a stacked one from its layers' tensors, each placed in its shards
+    # as it is read and then stacked on the devices (never the whole stack in host memory)
+    for path, group in rules_by_parameter(rules).items():
+        var = flat[path]
         target = var.get_value() if hasattr(var, "get_value") else var.value
-        array = np.asarray(rule.transform.to_nnx(ckpt.get(key)))
-        array = array.astype(target.dtype)  # param dtype of the policy
-        if mesh is not None:
-            sharding = param_sharding(var, mesh)
-            value = jax.make_array_from_callback(array.shape, sharding, lambda idx, a=array: a[idx])
+        sharding = param_sharding(var, mesh) if mesh is not None else None
+        if group[0].layer is None:
+            value = _place(read(group[0], target.dtype), sharding)
         else:
-            value = jnp.asarray(array)
+            layer_sharding = None
+            if sharding is not None:
+                layer_sharding = NamedSharding(mesh, PartitionSpec(*sharding.spec[1:]))
+            layers = [_place(read(rule, target.dtype), layer_sharding) for rule in group]
+            value = jax.jit(lambda *a: jnp.stack(a), out_shardings=sharding)(*layers)
         var.set_value(value)
     ckpt.close()
     return abstract_state  # its Variables now hold the loaded arrays
+
+
+def _place(array: np.ndarray, sharding: NamedSharding | None) -> jax.Array:
+    if sharding is None:
+        return jnp.asarray(array)
+    return jax.make_array_from_callback(array.shape, sharding, lambda idx: array[idx])
 
 
 def from_pretrained(
@@ -323,6 +349,8 @@ def hf_tensors(model: Qwen25VL) -> Iterator[tuple[str, np.ndarray]]:
     for rule in conversion_rules(model.config):
         var = flat[rule.path]
         value = var.get_value() if hasattr(var, "get_value") else var.value
+        if rule.layer is not None:  # one layer of the stack, sliced on the devices
+            value = value[rule.layer]
         yield (
             rule.hf_key,
             np.ascontiguousarray(rule.transform.to_hf(to_host(value), rule.hf_shape)),

@@ -136,3 +136,9 @@ def wait_for_writer(name: str) -> None:
 
 def _named(sizes) -> dict[str, int]:
     return dict(zip(AXES, sizes, strict=True))
+
+
+def activation_mesh(mesh: Mesh):
+    """Context for tracing a model call (inside jit) that runs on ``mesh``: the activations the
+    model constrains (``rules.constrain``) take the rules table's sharding on it."""
+    return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)

@@ -40,7 +40,7 @@ from urt_jax.generate.sampler import sample
 from urt_jax.model.inputs import ModelInputs, prepare_inputs
 from urt_jax.model.qwen2_5_vl import Qwen25VL
 from urt_jax.rewards import RewardSpec, compute_rewards, parse_reward_specs
-from urt_jax.sharding.mesh import batch_ways, put_whole
+from urt_jax.sharding.mesh import activation_mesh, batch_ways, put_whole
 from urt_jax.sharding.mesh import replicated as replicated_sharding
 from urt_jax.train.grpo_loss import (
     GRPOLossConfig,
@@ -242,7 +242,8 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ jitted pieces
     def _logprobs_fn(self, params, frozen, inputs: ModelInputs, prompt_length: int):
         model = nnx.merge(self.graphdef, params, frozen)
-        return completion_log_probs(model, inputs, prompt_length)
+        with activation_mesh(self.mesh):
+            return completion_log_probs(model, inputs, prompt_length)
 
     def _grads(self, params, frozen, micro: MicroBatch, old_logp, ref_logp, prompt_length: int):
         """This micro-batch's share of the loss, its gradients, and the metrics' token sums."""

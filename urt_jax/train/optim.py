@@ -7,6 +7,7 @@ import jax
 import optax
 
 from urt_jax.config import TrainSection
+from urt_jax.model.text import stacked_dims
 
 
 def learning_rate_schedule(cfg: TrainSection, total_steps: int) -> optax.Schedule:
@@ -21,7 +22,10 @@ def learning_rate_schedule(cfg: TrainSection, total_steps: int) -> optax.Schedul
 
 
 def decay_mask(params) -> object:
-    return jax.tree.map(lambda x: x.ndim >= 2, params)
+    """True for the matrices of the model, the stacked decoder layers' counted per layer."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: x.ndim - stacked_dims(path) >= 2, params
+    )
 
 
 def make_optimizer(cfg: TrainSection, total_steps: int) -> optax.GradientTransformation:

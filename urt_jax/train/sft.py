@@ -24,7 +24,7 @@ from urt_jax.config import TrainSection
 from urt_jax.data.batching import Batch, batch_sizes, pad_batch
 from urt_jax.model.inputs import ModelInputs
 from urt_jax.model.qwen2_5_vl import Qwen25VL
-from urt_jax.sharding.mesh import batch_sharding
+from urt_jax.sharding.mesh import activation_mesh, batch_sharding
 from urt_jax.sharding.mesh import replicated as replicated_sharding
 from urt_jax.train.loss import target_nll
 from urt_jax.train.optim import (
@@ -122,7 +122,8 @@ class SFTTrainer:
     # ------------------------------------------------------------------ jitted pieces
     def _loss_sum(self, params, frozen, inputs: ModelInputs, target_index):
         model = nnx.merge(self.graphdef, params, frozen)
-        hidden = model.hidden_states(inputs)
+        with activation_mesh(self.mesh):
+            hidden = model.hidden_states(inputs)
         return target_nll(hidden, inputs.input_ids, target_index, model.output_kernel())
 
     def _accumulate_fn(self, acc, params, frozen, inputs, target_index):
