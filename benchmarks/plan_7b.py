@@ -2,19 +2,17 @@
 ahead of time with abstract arrays on a CPU mesh of fake devices, reporting per-device memory
 (``memory_analysis``) and FLOPs (``cost_analysis``).
 
-    python benchmarks/plan_7b.py --out plan.json [--extrapolate] [--meshes ...] [--quick]
+    python benchmarks/plan_7b.py --out plan.json [--meshes ...] [--quick]
 
 Nothing is allocated: parameters, optimiser state and batches are ``jax.ShapeDtypeStruct`` with
 the shardings of the project's rules table. The programs are traced for TPU
-(``kernels.compile_target``): the layout workarounds for XLA:CPU are left out. The model and run
-settings come from configs/model/qwen2_5_vl_7b.yaml and configs/pod/qwen2_5_vl_7b_cold_start.yaml
-(SFT) and configs/pod/qwen2_5_vl_7b_grpo.yaml (GRPO). The steps are
-compiled at full depth (28 decoder layers, 32 vision blocks: about 30 s a program here) and at
-two reduced depths (``--points`` text_layers:vision_blocks), which give the per-layer growth of
-the temporaries. ``--extrapolate`` skips the full-depth compile and extrapolates every compiled
-quantity linearly from the reduced depths instead (measured equal to the full compile to 0.1%
-on the SFT step). Parameter, optimiser and gradient bytes are exact (counted from the full
-model's shard shapes).
+(``kernels.compile_target``): the layout workarounds for XLA:CPU are left out and the decoder
+layers run as a rolled scan, as on a pod. The model and run settings come from
+configs/model/qwen2_5_vl_7b.yaml and configs/pod/qwen2_5_vl_7b_cold_start.yaml (SFT) and
+configs/pod/qwen2_5_vl_7b_grpo.yaml (GRPO). Memory is that of the full model compiled as it runs.
+``cost_analysis`` counts a loop's body once, so FLOPs come from the same programs compiled with
+1 and 2 decoder layers unrolled, extrapolated linearly to the full depth. Parameter, optimiser
+and gradient bytes are exact (counted from the full model's shard shapes).
 """
 
 from __future__ import annotations
@@ -104,10 +102,17 @@ def abstract_gradients(params, mesh):
     return grads, scalar
 
 
-def compile_sft(config, run, mesh, cases) -> dict:
+def planned_model(config, run, mesh, unroll: int | None):
+    """The abstract model, its decoder layers scanned ``unroll`` at a time (None: as it runs)."""
+    model = abstract_model(config, mesh, run.model.dtype, run.model.remat)
+    model.language_model.scan_unroll = unroll
+    return model
+
+
+def compile_sft(config, run, mesh, cases, unroll: int | None = None) -> dict:
     """The project's SFTTrainer jits (accumulate = forward + backward of one micro-batch,
     apply = clip + AdamW), built by its own constructor on an abstract model."""
-    model = abstract_model(config, mesh, run.model.dtype, run.model.remat)
+    model = planned_model(config, run, mesh, unroll)
     trainer = SFTTrainer(model, mesh, run.train, run.train.max_steps, run.seed)
     params, frozen = trainer.state["params"], trainer.frozen
     grads, scalar = abstract_gradients(params, mesh)
@@ -121,19 +126,16 @@ def compile_sft(config, run, mesh, cases) -> dict:
         acc = (grads, scalar, scalar)
         out[name] = analyse(trainer._accumulate.lower(acc, params, frozen, *batch))
         out[name]["input_bytes"] = nbytes(batch)
-        seq = batch[0].input_ids.shape[1]
-        # the residual stream a rematerialised layer keeps for the backward pass (fp32)
-        out[name]["carry_bytes"] = rows // batch_ways(mesh) * seq * config.text.hidden_size * 4
     return out
 
 
-def compile_grpo(config, run, mesh) -> dict:
+def compile_grpo(config, run, mesh, unroll: int | None = None) -> dict:
     """GRPOTrainer's jits, built by its own constructor on an abstract model: reference
     log-probs (forward) and the update of one micro-batch (forward, backward, and AdamW when the
     micro-batch is the whole generation batch; else the gradient accumulation, with AdamW in a
     separate ``apply``)."""
     g = run.grpo
-    model = abstract_model(config, mesh, run.model.dtype, run.model.remat)
+    model = planned_model(config, run, mesh, unroll)
     trainer = GRPOTrainer(model, mesh, run.train, g, run.seed)
     params, frozen = trainer.state["params"], trainer.frozen
     micro, p, n = grpo_micro_batch(config, mesh, g, run.data)
@@ -156,7 +158,6 @@ def compile_grpo(config, run, mesh) -> dict:
         # every micro-batch of the generation batch is placed on the mesh before the update,
         # with its reference log-probs
         "input_bytes": nbytes((micro, ref)) * (rows // size),
-        "carry_bytes": size // batch_ways(mesh) * (p + n) * config.text.hidden_size * 4,
         "rows": rows,
         "micro_batch_rows": size,
         "prompt_length": p,
@@ -181,30 +182,11 @@ def resident_bytes(config, run, mesh) -> dict:
     }
 
 
-def extrapolate(points: dict, full: tuple[int, int]) -> dict:
-    """Linear in text layers and in vision blocks from points {(L, V): {metric: value}}."""
-    keys = sorted(points)
-    base = keys[0]
-    lt = next((k for k in keys if k[1] == base[1] and k[0] != base[0]), None)
-    lv = next((k for k in keys if k[0] == base[0] and k[1] != base[1]), None)
-    out = {}
-    for metric, v0 in points[base].items():
-        if not isinstance(v0, (int, float)) or metric.endswith(("compile_s", "seconds")):
-            continue
-        v = float(v0)
-        if lt is not None:
-            v += (points[lt][metric] - v0) / (lt[0] - base[0]) * (full[0] - base[0])
-        if lv is not None:
-            v += (points[lv][metric] - v0) / (lv[1] - base[1]) * (full[1] - base[1])
-        out[metric] = v
+def programs(config, run, grpo_run, mesh, cases, grpo: bool, unroll: int | None) -> dict:
+    out = {"sft": compile_sft(config, run, mesh, cases, unroll)}
+    if grpo:
+        out["grpo"] = compile_grpo(config, grpo_run, mesh, unroll)
     return out
-
-
-def text_slope(points: dict, metric: str) -> float:
-    """d metric / d text layer from two compiled points with the same vision depth."""
-    keys = sorted(points)
-    other = next(k for k in keys if k[1] == keys[0][1] and k[0] != keys[0][0])
-    return (points[other][metric] - points[keys[0]][metric]) / (other[0] - keys[0][0])
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -236,32 +218,29 @@ def main() -> None:
         "--run", default=os.path.join(ROOT, "configs/pod/qwen2_5_vl_7b_cold_start.yaml")
     )
     ap.add_argument("--grpo-run", default=os.path.join(ROOT, "configs/pod/qwen2_5_vl_7b_grpo.yaml"))
-    ap.add_argument("--points", default=None, help="text_layers:vision_blocks,... (reduced)")
-    ap.add_argument("--extrapolate", action="store_true", help="no full-depth compile")
     ap.add_argument("--meshes", default=",".join(MESHES))
     ap.add_argument("--sft-cases", default="32x2048,32x13312,8x13312", help="rows x tokens")
     ap.add_argument("--mfu", type=float, default=0.4, help="assumed MFU on v5p for step times")
     ap.add_argument("--no-grpo", action="store_true")
-    ap.add_argument("--quick", action="store_true", help="validation: small cases, one mesh")
+    ap.add_argument(
+        "--quick", action="store_true", help="validation: small cases, one mesh, 8 vision blocks"
+    )
     args = ap.parse_args()
 
     config = Qwen25VLConfig.from_yaml(args.model)
     run = load_run_config(args.run, ["data.train=unused"])
     grpo_run = load_run_config(args.grpo_run)
     if args.quick:
-        args.sft_cases, args.points, args.extrapolate = "8x2048", "1:8,2:8", True
-        args.meshes = args.meshes.split(",")[0]
+        args.sft_cases, args.meshes = "8x2048", args.meshes.split(",")[0]
+        config = reduced_config(config, config.text.num_hidden_layers, 8)
         small = dict(prompts_per_step=4, num_generations=4, max_new_tokens=256, micro_batch_rows=8)
         grpo_run = dataclasses.replace(grpo_run, grpo=dataclasses.replace(grpo_run.grpo, **small))
     g = grpo_run.grpo
-    if args.points is None:
-        args.points = "1:8,2:8,1:16" if args.extrapolate else "1:8,2:8"
     cases = {}
     for c in args.sft_cases.split(","):
         rows, length = (int(v) for v in c.split("x"))
         cases[f"sft_{rows}x{length}"] = (rows, length)
-    points = [tuple(int(v) for v in p.split(":")) for p in args.points.split(",")]
-    full = (config.text.num_hidden_layers, config.vision.depth)
+    layers = config.text.num_hidden_layers
     result: dict = {
         "devices": jax.device_count(),
         "model": os.path.relpath(args.model, ROOT),
@@ -272,9 +251,8 @@ def main() -> None:
         "grad_accum": run.train.grad_accum,
         "image_grid_per_image": list(image_grid(config, run.data)),
         "images_per_row": IMAGES_PER_ROW,
-        "points": [list(p) for p in points],
-        "full_depth_source": "extrapolated" if args.extrapolate else "compiled",
-        "full_depth": list(full),
+        "full_depth": [layers, config.vision.depth],
+        "flops_points": [1, 2],
         "sft_cases": {k: list(v) for k, v in cases.items()},
         "grpo_run": os.path.relpath(args.grpo_run, ROOT),
         "grpo_case": {
@@ -290,6 +268,7 @@ def main() -> None:
         "flops_formula": FORMULA,
         "meshes": {},
     }
+    grpo = not args.no_grpo
     for mesh_name in args.meshes.split(","):
         fsdp, tensor = MESHES[mesh_name]
         mesh = make_mesh(MeshConfig(data=1, fsdp=fsdp, tensor=tensor))
@@ -299,34 +278,23 @@ def main() -> None:
             "batch_ways": batch_ways(mesh),
         }
         entry["resident"] = resident_bytes(config, run, mesh)
-        measured = {}
-        for lt, lv in points:
-            small = reduced_config(config, lt, lv)
-            t0 = time.perf_counter()
-            m = {"sft": compile_sft(small, run, mesh, cases)}
-            if not args.no_grpo:
-                m["grpo"] = compile_grpo(small, grpo_run, mesh)
-            m["seconds"] = round(time.perf_counter() - t0, 1)
-            measured[(lt, lv)] = flatten(m)
-            print(f"[plan] {mesh_name} L={lt} V={lv}: {m['seconds']}s", file=sys.stderr)
-        entry["compiled_points"] = {f"{k[0]}:{k[1]}": unflatten(v) for k, v in measured.items()}
-        progs = [f"sft.{c}" for c in cases] + (
-            [] if args.no_grpo else ["grpo.ref_logprobs", "grpo.update"]
-        )
-        entry["per_layer_temp_bytes"] = {
-            k: text_slope(measured, f"{k}.temp_bytes") for k in progs
-        }  # fmt: skip
-        if args.extrapolate:
-            entry["full_depth"] = unflatten(extrapolate(measured, full))
-        else:
-            t0 = time.perf_counter()
-            entry["full_depth"] = {"sft": compile_sft(config, run, mesh, cases)}
-            if not args.no_grpo:
-                entry["full_depth"]["grpo"] = compile_grpo(config, grpo_run, mesh)
-            entry["full_depth"]["seconds"] = round(time.perf_counter() - t0, 1)
-            print(
-                f"[plan] {mesh_name} full depth: {entry['full_depth']['seconds']}s", file=sys.stderr
-            )
+        t0 = time.perf_counter()
+        full = programs(config, run, grpo_run, mesh, cases, grpo, None)  # as it runs: memory
+        points = [  # 1 and 2 decoder layers unrolled: FLOPs per layer
+            flatten(programs(reduced_config(config, n, config.vision.depth), run, grpo_run, mesh,
+                             cases, grpo, n))
+            for n in (1, 2)
+        ]  # fmt: skip
+        flat = flatten(full)
+        per_layer = {}
+        for key in flat:
+            if key.endswith(".flops"):
+                per_layer[key] = points[1][key] - points[0][key]
+                flat[key] = points[0][key] + (layers - 1) * per_layer[key]
+        entry["full_depth"] = unflatten(flat)
+        entry["flops_per_decoder_layer"] = per_layer
+        entry["seconds"] = round(time.perf_counter() - t0, 1)
+        print(f"[plan] {mesh_name}: {entry['seconds']}s", file=sys.stderr)
         entry["estimate"] = estimate(mesh_name, entry, config, run, grpo_run, cases, args.mfu)
         result["meshes"][mesh_name] = entry
         with open(args.out, "w") as f:  # partial results survive a later failure

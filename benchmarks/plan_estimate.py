@@ -24,29 +24,20 @@ def _peaks(entry: dict, temp: float, inputs: float, reference: bool, accumulator
     return base + inputs + temp
 
 
-def _one_layer_live(prog: dict, slope: float, carry: float, layers: int) -> float:
-    """Temporaries if only one decoder layer's working set were live at a time: the compiled
-    growth per layer replaced by the residual stream a rematerialised layer keeps."""
-    return prog["temp_bytes"] - (layers - 1) * max(slope - carry, 0.0)
-
-
 def estimate(name: str, entry: dict, config, run, grpo_run, cases: dict, mfu: float) -> dict:
-    """Per-chip peak memory on the slice the mesh maps to (as compiled, and with one decoder
-    layer's temporaries live at a time), and step times on v5p-8 at ``mfu`` of its bf16 peak."""
-    x, layers = entry["full_depth"], config.text.num_hidden_layers
+    """Per-chip peak memory on the slice the mesh maps to, and step times on v5p-8 at ``mfu`` of
+    its bf16 peak."""
+    x = entry["full_depth"]
     slice_name, chips = TARGET.get(name, ("?", entry["devices"]))
     grids = [image_grid(config, run.data)] * IMAGES_PER_ROW
     rate = V5P["v5p-8_chips"] * V5P["bf16_tflops_per_chip"] * 1e12 * mfu  # step times: v5p-8
-    slope = entry["per_layer_temp_bytes"]
     hbm = V5P["hbm_gib_per_chip"]
     out: dict = {"slice": slice_name, "chips": chips}
     rows_per_step = run.data.batch_size * run.train.grad_accum
     applying = _peaks(entry, x["sft"]["apply"]["temp_bytes"], 0, False, True)
     for case, (rows, length) in cases.items():
         c = x["sft"][case]
-        low = _one_layer_live(c, slope[f"sft.{case}"], c["carry_bytes"], layers)
         peak = max(_peaks(entry, c["temp_bytes"], c["input_bytes"], False, True), applying) / GIB
-        low = max(_peaks(entry, low, c["input_bytes"], False, True), applying) / GIB
         targets = length - length // 2
         flops = step_flops(
             config, length, rows_per_step * length, rows_per_step * targets,
@@ -55,9 +46,7 @@ def estimate(name: str, entry: dict, config, run, grpo_run, cases: dict, mfu: fl
         out[case] = {
             "rows_per_device": rows // entry["batch_ways"],
             "peak_gib_per_chip": peak,
-            "peak_gib_per_chip_one_layer_live": low,
             "fits": peak <= hbm,
-            "fits_one_layer_live": low <= hbm,
             "compiled_flops_all_devices": c["flops"] * entry["devices"],
             "model_flops_micro_batch": step_flops(
                 config, length, rows * length, rows * targets, grids * rows, True
@@ -73,12 +62,6 @@ def estimate(name: str, entry: dict, config, run, grpo_run, cases: dict, mfu: fl
         split = "apply" in gx  # micro-batches: a gradient accumulator, AdamW on its own
         temps = [ref["temp_bytes"], upd["temp_bytes"]] + [gx["apply"]["temp_bytes"]] * split
         peak = _peaks(entry, max(temps), gx["input_bytes"], True, split)
-        low = max(
-            _one_layer_live(ref, slope["grpo.ref_logprobs"], 0.0, layers),
-            _one_layer_live(upd, slope["grpo.update"], gx["carry_bytes"], layers),
-            *([gx["apply"]["temp_bytes"]] * split),
-        )
-        low = _peaks(entry, low, gx["input_bytes"], True, split)
         t = int(p + n)
         flops = step_flops(config, t, rows * t, rows * n, grids * rows, False) + step_flops(
             config, t, rows * t, rows * n, grids * rows, True
@@ -89,9 +72,7 @@ def estimate(name: str, entry: dict, config, run, grpo_run, cases: dict, mfu: fl
             "rows_per_device": size // entry["batch_ways"],
             "micro_batches": micro_batches,
             "peak_gib_per_chip": peak / GIB,
-            "peak_gib_per_chip_one_layer_live": low / GIB,
             "fits": peak / GIB <= hbm,
-            "fits_one_layer_live": low / GIB <= hbm,
             "compiled_flops_all_devices": entry["devices"]
             * (ref["flops"] + upd["flops"])
             * micro_batches,

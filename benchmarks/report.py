@@ -256,9 +256,10 @@ def plan(r: dict) -> list[str]:
         "\n## The 7B plan (Qwen2.5-VL-7B, compiled ahead of time on a CPU mesh)\n",
         f"Model {p['model']}, run {p['run']}: {p['dtype']}, remat {p['remat']}, "
         f"{p['micro_batch_rows']} rows per micro-batch x {p['grad_accum']} accumulation steps, "
-        f"{p['images_per_row']} images of grid {p['image_grid_per_image']} per row. Full depth "
-        f"{p['full_depth']} {p['full_depth_source']}; (text layers, vision blocks) = "
-        f"{p['points']} compiled for the per-layer growth of the temporaries. GRPO: "
+        f"{p['images_per_row']} images of grid {p['image_grid_per_image']} per row, full depth "
+        f"(text layers, vision blocks) {p['full_depth']}, the decoder layers a rolled scan as on "
+        "a pod; FLOPs from the same programs with 1 and 2 decoder layers unrolled, extrapolated "
+        "per layer (cost_analysis counts a loop's body once). GRPO: "
         + _grpo_case(p)
         + " XLA:CPU with "
         "cse_barrier_expander disabled, so that remat survives as on TPU."
@@ -267,16 +268,14 @@ def plan(r: dict) -> list[str]:
         "(megacore), so v5p-8 (4 chips, 8 TensorCores) is a 4-device mesh and the 8-device "
         "meshes are v5p-16 (memory is judged on the slice a mesh maps to). Step times are for "
         f"v5p-8 at {p['mfu_assumed']:.0%} MFU.\n",
-        _row(["mesh", "slice", "step", "rows/chip", "peak GiB/chip (as compiled)",
-              "fits", "GiB/chip, one layer live", "fits", "v5p-8 step s"]),
-        _row(["---"] * 9),
+        _row(["mesh", "slice", "step", "rows/chip", "peak GiB/chip", "fits", "v5p-8 step s"]),
+        _row(["---"] * 7),
     ]  # fmt: skip
     for name, m in p["meshes"].items():
         e = m["estimate"]
         for case, c in e.items():
             if not isinstance(c, dict):
                 continue
-            low = c.get("peak_gib_per_chip_one_layer_live")
             secs = c.get("optimizer_step_s_v5p8", c.get("ref_and_update_s_v5p8"))
             out.append(
                 _row(
@@ -287,8 +286,6 @@ def plan(r: dict) -> list[str]:
                         str(c["rows_per_device"]),
                         _f(c["peak_gib_per_chip"]),
                         "yes" if c["fits"] else "**no**",
-                        _f(low),
-                        "-" if low is None else ("yes" if c["fits_one_layer_live"] else "**no**"),
                         _f(secs, 2),
                     ]
                 )
@@ -304,17 +301,6 @@ def plan(r: dict) -> list[str]:
         "update of prompts_per_step x G rows, rollout generation excluded; its rows/chip are "
         "those of one micro-batch.\n"
     )
-    slopes = first.get("per_layer_temp_bytes", {})
-    if slopes:
-        k, v = next(iter(slopes.items()))
-        out.append(
-            f"As compiled, the temporaries grow by {v / GIB:.1f} GiB per decoder layer ({k}, "
-            f"{next(iter(p['meshes']))}): XLA:CPU keeps every layer's gathered weights and "
-            "unreduced gradients live at once. The 'one layer live' column replaces that growth "
-            "by the residual stream each rematerialised layer keeps (fp32), i.e. what a "
-            "memory-aware TPU schedule, or a scan over the layers, would give; the TPU number "
-            "lies between the two columns.\n"
-        )
     return out
 
 
