@@ -124,3 +124,47 @@ def test_video_without_pixels_and_odd_grid(config):
 
 def _model_keys(batch):
     return {k: v for k, v in batch.items() if k != "mm_token_type_ids"}
+
+
+def test_orbax_export_with_per_layer_decoder_is_named(hf_dir, tmp_path):
+    # the layout urt-jax wrote before the decoder layers were stacked: language_model.layers.{i}
+    import jax
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from urt_jax.model.orbax_io import load_orbax, save_orbax
+
+    model = urt_jax.from_pretrained(hf_dir)
+    save_orbax(model, tmp_path / "new")
+    up = load_orbax(tmp_path / "new").language_model.layers.mlp.up_proj.kernel[...]
+    np.testing.assert_array_equal(up, model.language_model.layers.mlp.up_proj.kernel[...])
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    stacked = params["language_model"]["layers"]
+    params["language_model"]["layers"] = {
+        str(i): jax.tree.map(lambda a, i=i: np.asarray(a[i]), stacked)
+        for i in range(model.config.text.num_hidden_layers)
+    }
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.json").write_text((tmp_path / "new" / "config.json").read_text())
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(old / "params", params)
+    with pytest.raises(
+        CheckpointError, match=r"old/params: parameter language_model\.layers\.\w+.*one by one"
+    ):
+        load_orbax(old)
+
+
+def test_training_never_starts_over_on_checkpoints_it_cannot_restore(tmp_path):
+    import jax.numpy as jnp
+
+    from urt_jax.train.checkpoint import Checkpointer, CheckpointRestoreError
+
+    ckpt = Checkpointer(str(tmp_path), every=1, keep=2, asynchronous=False)
+    ckpt.save(3, {"w": jnp.ones((2, 3))}, {"position": 3})
+    ckpt.wait()
+    assert ckpt.restore_latest({"w": jnp.zeros((2, 3))})[0] == 3
+    with pytest.raises(CheckpointRestoreError, match=r"(?s)steps \[3\].*new output_dir"):
+        ckpt.restore_latest({"w": jnp.zeros((2, 3)), "b": jnp.zeros(3)})
+    ckpt.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["3"]  # left as it was

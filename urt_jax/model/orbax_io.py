@@ -14,9 +14,10 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from urt_jax.model.config import Qwen25VLConfig
-from urt_jax.model.hf import _abstract_model, write_config_and_aux_files
+from urt_jax.model.hf import CheckpointError, _abstract_model, write_config_and_aux_files
 from urt_jax.model.layers import DTypePolicy
 from urt_jax.model.qwen2_5_vl import Qwen25VL
+from urt_jax.model.text import STACKED_PATH
 
 PARAMS_DIR = "params"
 
@@ -79,7 +80,7 @@ def load_orbax(
     target_pure = jax.tree.map(
         lambda t, m: jax.ShapeDtypeStruct(t.shape, m.dtype, sharding=t.sharding),
         target_pure,
-        _with_int_keys(stored, target_pure),
+        _with_int_keys(stored, target_pure, params_dir),
     )
     restored = checkpointer.restore(params_dir, target_pure)
     restored = jax.tree.map(lambda a: a.astype(policy.param_dtype), restored)
@@ -89,11 +90,25 @@ def load_orbax(
     return model
 
 
-def _with_int_keys(stored, like):
+def _with_int_keys(stored, like, where: str, path: tuple = ()):
     """Orbax metadata trees use string keys for list indices; align them with ``like``."""
-    if isinstance(like, dict):
-        return {
-            k: _with_int_keys(stored[str(k)] if str(k) in stored else stored[k], v)
-            for k, v in like.items()
-        }
-    return stored
+    if not isinstance(like, dict):
+        return stored
+    out = {}
+    for k, v in like.items():
+        key = str(k) if isinstance(stored, dict) and str(k) in stored else k
+        if not isinstance(stored, dict) or key not in stored:
+            dotted = ".".join(map(str, (*path, k)))
+            old = "0" in stored if isinstance(stored, dict) and path == STACKED_PATH else False
+            raise CheckpointError(
+                f"{where}: parameter {dotted} is not in the checkpoint"
+                + (
+                    " (it holds the decoder layers one by one, as urt-jax wrote them before "
+                    "they were stored stacked: export it to HF with that version, then load "
+                    "or convert the HF directory)"
+                    if old
+                    else " (written for another model config?)"
+                )
+            )
+        out[k] = _with_int_keys(stored[key], v, where, (*path, k))
+    return out

@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 _TMP = re.compile(r"\.orbax-checkpoint-tmp")
 
 
+class CheckpointRestoreError(RuntimeError):
+    """Checkpoints exist but none fits the run's state."""
+
+
 def _name(entry) -> str:
     for attr in ("key", "name", "idx"):
         if hasattr(entry, attr):
@@ -81,7 +85,9 @@ class Checkpointer:
                 os.path.join(self.directory, name),
             )
         named_abstract, treedef = flatten_named(abstract_state)
-        for step in sorted(self.manager.all_steps(), reverse=True):
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        failure = None
+        for step in steps:
             try:
                 restored = self.manager.restore(
                     step,
@@ -90,6 +96,7 @@ class Checkpointer:
                     ),
                 )
             except Exception as e:  # noqa: BLE001 - any failure means: try the previous step
+                failure = e
                 log.warning(
                     "checkpoint step %d in %s cannot be restored (%s); trying an older one",
                     step,
@@ -99,6 +106,13 @@ class Checkpointer:
                 continue
             state = unflatten_named(restored["state"], treedef, abstract_state)
             return step, state, restored["data"]
+        if steps:  # never start over on top of checkpoints (a new run would rotate them out)
+            raise CheckpointRestoreError(
+                f"{self.directory}: none of the checkpoints (steps {steps}) can be restored into "
+                f"this run's state (last error: {failure}). They may come from another model "
+                "config or an older urt-jax (before the decoder layers were stored stacked); "
+                "use a new output_dir, or move the checkpoints away to start over."
+            )
         return None
 
     def wait(self) -> None:
