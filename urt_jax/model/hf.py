@@ -296,10 +296,10 @@ def load_params_from_hf(
         sharding = param_sharding(var, mesh) if mesh is not None else None
         if group[0].layer is None:
             value = _place(read(group[0], target.dtype), sharding)
+        elif sharding is None:  # one device: stacked on the host, then moved once
+            value = jnp.asarray(np.stack([read(rule, target.dtype) for rule in group]))
         else:
-            layer_sharding = None
-            if sharding is not None:
-                layer_sharding = NamedSharding(mesh, PartitionSpec(*sharding.spec[1:]))
+            layer_sharding = NamedSharding(mesh, PartitionSpec(*sharding.spec[1:]))
             layers = [_place(read(rule, target.dtype), layer_sharding) for rule in group]
             value = jax.jit(lambda *a: jnp.stack(a), out_shardings=sharding)(*layers)
         var.set_value(value)
