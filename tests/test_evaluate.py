@@ -11,7 +11,7 @@ from urt_jax.data.processor import ProcessorConfig
 from urt_jax.data.synthetic import SyntheticConfig, write_synthetic
 from urt_jax.data.templates import Templates
 from urt_jax.data.tokenizer import load_tokenizer
-from urt_jax.evaluate import EvalOptions, judge, markdown_table, summarize
+from urt_jax.evaluate import EvalOptions, judge, markdown_table, summarize, write_report
 from urt_jax.model.config import Qwen25VLConfig
 from urt_jax.sharding.init import init_model
 
@@ -51,6 +51,20 @@ def test_summary_counts_orders_agreement_and_ties():
     assert s["items"] == 3 and s["ties"] == 1
     table = markdown_table(s)
     assert "| accuracy | 0.750 |" in table and "| order_agreement | 0.500 |" in table
+
+
+def test_a_report_that_fails_part_way_leaves_the_previous_one(tmp_path):
+    rows = [
+        _j("a", "original", "Image 1 is better", "Image 1 is better"),
+        _j("a", "swapped", "Image 2 is better", "Image 1 is better"),
+    ]
+    write_report(summarize(rows), rows, str(tmp_path))
+    before = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    assert sorted(before) == ["eval.json", "eval.md", "judgements.jsonl"]
+    broken = rows + [{**rows[0], "output": {"not", "json"}}]  # a set: not JSON-serialisable
+    with pytest.raises(TypeError):
+        write_report(summarize(rows[:1]), broken, str(tmp_path))
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before  # no .tmp left either
 
 
 @pytest.fixture(scope="module")

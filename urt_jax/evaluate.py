@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from urt_jax.data.readers import write_jsonl, write_text
 from urt_jax.data.records import PAIRWISE_VERDICTS, TIE, PreferenceRecord
 from urt_jax.generate.prompts import complete
 from urt_jax.rewards import extract_answer, format_reward
@@ -150,11 +151,8 @@ def markdown_table(summary: dict, title: str = "evaluation") -> str:
 
 
 def write_report(summary: dict, judgements: Sequence[dict], out_dir: str) -> None:
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "eval.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    with open(os.path.join(out_dir, "eval.md"), "w") as f:
-        f.write(markdown_table(summary))
-    with open(os.path.join(out_dir, "judgements.jsonl"), "w") as f:
-        for j in judgements:
-            f.write(json.dumps(j) + "\n")
+    """judgements.jsonl, eval.md and eval.json, each written whole or not at all (an earlier
+    report stays as it was if this one fails part-way), eval.json last."""
+    write_jsonl(os.path.join(out_dir, "judgements.jsonl"), judgements)
+    write_text(os.path.join(out_dir, "eval.md"), markdown_table(summary))
+    write_text(os.path.join(out_dir, "eval.json"), json.dumps(summary, indent=2))

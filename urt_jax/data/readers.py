@@ -27,12 +27,32 @@ _MEDIA_MARK = re.compile(r"<image>\n?|<video>\n?")
 def write_jsonl(path: str, rows: Iterable[dict]) -> None:
     """``rows`` as a JSONL file, written whole or not at all (a temporary file, then a rename);
     the directory is created if missing."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+
+    def write(f):
         for row in rows:
             f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
+
+    _replace_with(path, write)
+
+
+def write_text(path: str, text: str) -> None:
+    """``text`` as a file, written whole or not at all (a temporary file, then a rename)."""
+    _replace_with(path, lambda f: f.write(text))
+
+
+def _replace_with(path: str, write) -> None:
+    """``write(file)`` into a temporary file beside ``path``, renamed onto it when done; on an
+    error the temporary file is removed and ``path`` left as it was."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def iter_json_objects(path: str) -> Iterator[tuple[int, Any | Exception]]:
