@@ -66,7 +66,7 @@ def estimate(name: str, entry: dict, config, run, grpo_run, cases: dict, mfu: fl
         flops = step_flops(config, t, rows * t, rows * n, grids * rows, False) + step_flops(
             config, t, rows * t, rows * n, grids * rows, True
         )
-        size = int(gx["micro_batch_rows"])  # a float when extrapolated
+        size = gx["micro_batch_rows"]
         micro_batches = rows // size
         out["grpo"] = {
             "rows_per_device": size // entry["batch_ways"],

@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from urt_jax.config import RunConfig, RunConfigError, options_from
+from urt_jax.data.readers import write_text
 from urt_jax.model.config import Qwen25VLConfig
 from urt_jax.model.hf import from_pretrained, save_pretrained
 from urt_jax.model.orbax_io import load_orbax, save_orbax
@@ -261,8 +262,7 @@ def rejection_sample(cfg: RunConfig, model_dir: str, records, data_root: str, ou
             os.path.join(out_dir, "sft.jsonl"),
             os.path.join(out_dir, "grpo.jsonl"),
         )
-        with open(os.path.join(out_dir, "stats.json"), "w") as f:
-            json.dump(stats, f, indent=2)
+        write_text(os.path.join(out_dir, "stats.json"), json.dumps(stats, indent=2))
     wait_for_writer(f"rejection sampling {out_dir}")
     return stats
 
@@ -445,9 +445,6 @@ def run(cfg: RunConfig) -> dict:
         report["stages_done"].append(key)
         report.setdefault("seconds", {})[key] = round(time.perf_counter() - t0, 2)
         report["plots"] = plot_run(out, report)
-        tmp = report_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=2)
-        os.replace(tmp, report_path)
+        write_text(report_path, json.dumps(report, indent=2))
     _log(f"done: {report_path}")
     return report

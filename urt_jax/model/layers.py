@@ -100,8 +100,7 @@ class Dense(nnx.Module):
         (``urt_jax.generate.sampler.sample``'s ``out_in_kernels``)."""
         axes = self.kernel.get_metadata().get("logical_axes")
         self.kernel = nnx.Param(
-            jnp.swapaxes(self.kernel[...], -1, -2),
-            logical_axes=None if axes is None else (*axes[:-2], axes[-1], axes[-2]),
+            self.kernel[...].T, logical_axes=None if axes is None else tuple(reversed(axes))
         )
         self.kernel_out_in = not self.kernel_out_in
 
