@@ -304,6 +304,26 @@ def plan(r: dict) -> list[str]:
     return out
 
 
+def _malloc_sentence(method: dict) -> str:
+    envs = method.get("worker_env") or {}
+    if method.get("malloc") == "retain":
+        env = next(iter(envs.values()), {})
+        return (
+            "Every side's glibc malloc keeps freed memory ("
+            + " ".join(f"{k}={v}" for k, v in env.items())
+            + "), so no step page-faults its temporaries in afresh.\n"
+        )
+    if envs:
+        sides = ", ".join(envs)
+        env = " ".join(f"{k}={v}" for k, v in next(iter(envs.values())).items())
+        return (
+            f"Huge pages for large allocations ({env}, which `urt-jax` sets for itself; "
+            f"urt_jax.hugepages) in: {sides}; every other side with default glibc malloc "
+            "settings.\n"
+        )
+    return "Default glibc malloc settings.\n"
+
+
 def write_markdown(r: dict) -> str:
     s, mc = r["shape"], r["machine"]
     lines = [
@@ -324,15 +344,9 @@ def write_markdown(r: dict) -> str:
             if r["method"].get("rewarm_calls_per_turn")
             else ""
         )
-        + "), medians after warm-up; transformers is timed with sdpa and eager attention and "
-        "the faster counts. "
-        + (
-            "Every side's glibc malloc keeps freed memory ("
-            + " ".join(f"{k}={v}" for k, v in r["method"]["worker_env"].items())
-            + "), so no step page-faults its temporaries in afresh.\n"
-            if r["method"].get("worker_env")
-            else "Default glibc malloc settings.\n"
-        ),
+        + "), medians after warm-up; transformers is timed as each of its sides in the details "
+        "below (sdpa and eager attention, malloc settings) and the fastest counts. "
+        + _malloc_sentence(r["method"]),
     ]
     busy = mc["loadavg_start"][0]  # before the run: later values include the run itself
     if busy > 0.5 * mc["cores"]:

@@ -28,6 +28,7 @@ sys.path.insert(0, ROOT)
 from benchmarks import workload as wl  # noqa: E402
 from benchmarks.flops import FORMULA, step_flops  # noqa: E402
 from benchmarks.report import write_markdown  # noqa: E402
+from urt_jax import hugepages  # noqa: E402
 
 WORKER = os.path.join(ROOT, "benchmarks", "worker.py")
 MEASUREMENTS = ("matmul", "sft", "forward", "sampling", "recompiles", "plan")
@@ -40,14 +41,19 @@ GOALS = {
     "sampling_speedup_bound_vs_hf": None,
     "sampling_speedup_memory_bound_vs_hf": None,
 }
-HF_SIDES = {"transformers (sdpa)": "sdpa", "transformers (eager)": "eager"}
+# transformers' sides: attention implementation, and whether its process gets the huge-page malloc
+# tunable that urt-jax's command line sets for itself (urt_jax.hugepages); the fastest counts.
+HF_SIDES = {
+    "transformers (sdpa)": ("sdpa", False),
+    "transformers (eager)": ("eager", False),
+    "transformers (sdpa, huge pages)": ("sdpa", True),
+}
 # --malloc retain: glibc malloc told to keep freed memory (one arena, no mmap, no trimming), the
 # same for every side. By default each step's large temporaries (XLA's 1.4 GB temp buffer, torch's
-# activations) are mmapped afresh and page-faulted in again: about 350k faults and 8% of an SFT
-# step on both sides here, more after the other side's turn (this VM hands freed pages back to its
-# host). Retained, the SFT steps of both sides speed up, but the memory figures (peak RSS) then
-# count the retained heap, and the single arena slows jax's sampling (its thread pool's
-# allocations contend), so it is an option, not the default.
+# activations) are mmapped afresh and page-faulted in again: about 350k faults a step on both
+# sides here, more after the other side's turn (this VM hands freed pages back to its host).
+# Retained, the memory figures (peak RSS) count the retained heap, and the single arena slows
+# jax's sampling (its thread pool's allocations contend), so it is an option, not the default.
 RETAIN_MALLOC = {
     "MALLOC_ARENA_MAX": "1",
     "MALLOC_MMAP_MAX_": "0",
@@ -55,9 +61,25 @@ RETAIN_MALLOC = {
 }
 
 
-def worker_env(args: argparse.Namespace) -> dict[str, str]:
-    """Environment added to every side's process (--malloc)."""
-    return RETAIN_MALLOC if args.malloc == "retain" else {}
+def hugepage_env() -> dict[str, str]:
+    """What urt-jax's command line adds to its own environment on this machine (maybe nothing)."""
+    if not hugepages.wanted(
+        os.environ, hugepages.transparent_hugepage_mode(), hugepages.glibc_version()
+    ):
+        return {}
+    return {"GLIBC_TUNABLES": hugepages.with_hugepages(os.environ)["GLIBC_TUNABLES"]}
+
+
+def worker_env(args: argparse.Namespace, side: str) -> dict[str, str]:
+    """Environment added to one side's process (--malloc): by default urt_jax runs as its
+    command line does, and transformers both as it is and with the same tunable."""
+    if args.malloc == "retain":
+        return RETAIN_MALLOC
+    if args.malloc == "plain":
+        return {}
+    if side == "urt_jax" or HF_SIDES.get(side, ("", False))[1]:
+        return hugepage_env()
+    return {}
 
 
 class Worker:
@@ -109,8 +131,9 @@ def compare(
     """Round-robin timing of ``sides`` (name -> worker argv) on one task."""
     log_dir = os.path.join(args.out, "logs", task)
     os.makedirs(log_dir, exist_ok=True)
-    env = worker_env(args)
-    workers = {name: Worker(name, argv, log_dir, env) for name, argv in sides.items()}
+    workers = {
+        name: Worker(name, argv, log_dir, worker_env(args, name)) for name, argv in sides.items()
+    }
     res: dict = {name: {"setup_s": w.ready["setup_s"]} for name, w in workers.items()}
     for name, w in workers.items():
         res[name]["warmup_s"] = w.ask(op="run", n=warmup)["times"]
@@ -162,7 +185,9 @@ def side_args(task: str, args: argparse.Namespace, hf: bool = True) -> dict[str,
     common = ["--task", task, "--model", args.model_dir, "--shape", args.shape]
     sides = {"urt_jax": [*common, "--side", "ours"]}
     if hf:
-        for name, attn in HF_SIDES.items():
+        for name, (attn, huge) in HF_SIDES.items():
+            if huge and (args.malloc != "default" or not hugepage_env()):
+                continue  # the same process as the plain side's
             sides[name] = [*common, "--side", "hf", "--attn", attn]
     return sides
 
@@ -217,9 +242,11 @@ def main() -> None:
     ap.add_argument("--trace", action="store_true", help="jax.profiler trace of 2 SFT steps")
     ap.add_argument(
         "--malloc",
-        choices=("retain", "default"),
+        choices=("default", "plain", "retain"),
         default="default",
-        help="glibc malloc settings of every side's process (RETAIN_MALLOC, or as inherited)",
+        help="glibc malloc settings of the sides' processes: default, urt_jax with the huge-page "
+        "tunable its command line sets (urt_jax.hugepages) and transformers with and without it; "
+        "plain, every side as inherited; retain, every side with RETAIN_MALLOC",
     )
     args = ap.parse_args()
     args.shape = "quick" if args.quick else "default"
@@ -241,7 +268,10 @@ def main() -> None:
             "steps_per_round": args.steps,
             "pause_s": args.pause,
             "rewarm_calls_per_turn": args.rewarm,
-            "worker_env": worker_env(args),
+            "malloc": args.malloc,
+            "worker_env": {
+                name: env for name in side_args("sft", args) if (env := worker_env(args, name))
+            },
         },
         "flops_formula": FORMULA,
         "goals": {k: list(v) if v else None for k, v in GOALS.items()},
@@ -344,7 +374,7 @@ def recompiles(args: argparse.Namespace) -> dict:
     log_dir = os.path.join(args.out, "logs", "recompiles")
     os.makedirs(log_dir, exist_ok=True)
     argv = side_args("recompiles", args, hf=False)["urt_jax"]
-    w = Worker("urt_jax", argv, log_dir, worker_env(args))
+    w = Worker("urt_jax", argv, log_dir, worker_env(args, "urt_jax"))
     steps = w.ready["info"]["warmup_steps"]
     warm = w.ask(op="run", n=steps)
     timed = w.ask(op="run", n=30)

@@ -231,6 +231,11 @@ def _setup_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; ``argv`` None (a real command) first restarts it on huge pages."""
+    if argv is None:
+        from urt_jax.hugepages import reexec_with_hugepages
+
+        reexec_with_hugepages()
     args = build_parser().parse_args(argv)
     _setup_logging()
     try:

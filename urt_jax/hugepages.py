@@ -1,0 +1,68 @@
+"""Large host allocations on transparent huge pages, for the CPU backend's step temporaries.
+
+XLA:CPU allocates a step's temporaries (1.4 GB for the benchmark's SFT step) afresh every step,
+and glibc returns such large blocks to the kernel when they are freed, so every step faults them
+in again, 4 KiB at a time: about 370k page faults and a quarter of a 2-core machine's time in the
+kernel. With glibc's ``glibc.malloc.hugetlb=1`` tunable, malloc asks for transparent huge pages
+(``madvise(MADV_HUGEPAGE)``) on the blocks it maps, and the same step takes about 10k faults
+(README, Benchmarks). glibc reads tunables only when a process starts, so the command line
+re-executes itself once with the tunable set (``reexec_with_hugepages``). ``URT_JAX_HUGEPAGES=0``
+leaves malloc as it is; a ``GLIBC_TUNABLES`` that already sets ``glibc.malloc.hugetlb`` is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+
+TUNABLE = "glibc.malloc.hugetlb"
+OPT_OUT = "URT_JAX_HUGEPAGES"
+THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def glibc_version() -> tuple[int, int] | None:
+    """(major, minor) of the C library when it is glibc, else None."""
+    try:
+        name, version = os.confstr("CS_GNU_LIBC_VERSION").split()  # "glibc 2.36"
+        major, minor = version.split(".")[:2]
+        return (int(major), int(minor)) if name == "glibc" else None
+    except (AttributeError, ValueError, OSError, TypeError):
+        return None
+
+
+def transparent_hugepage_mode(path: str = THP_MODE_FILE) -> str | None:
+    """The kernel's THP mode, the bracketed word of ``always [madvise] never``, or None."""
+    try:
+        with open(path) as f:
+            words = f.read().split()
+    except OSError:
+        return None
+    return next((w[1:-1] for w in words if w.startswith("[") and w.endswith("]")), None)
+
+
+def wanted(environ: Mapping[str, str], thp_mode: str | None, glibc: tuple[int, int] | None) -> bool:
+    """Whether to start again with the tunable: glibc >= 2.35 (which has it), a kernel that hands
+    out huge pages on request, no opt-out, and no setting of the tunable already in place."""
+    if environ.get(OPT_OUT, "1") == "0":
+        return False
+    if glibc is None or glibc < (2, 35) or thp_mode not in ("always", "madvise"):
+        return False
+    return TUNABLE not in environ.get("GLIBC_TUNABLES", "")
+
+
+def with_hugepages(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` with ``glibc.malloc.hugetlb=1`` added to the tunables already set."""
+    tunables = [t for t in environ.get("GLIBC_TUNABLES", "").split(":") if t]
+    return {**environ, "GLIBC_TUNABLES": ":".join([*tunables, f"{TUNABLE}=1"])}
+
+
+def reexec_with_hugepages() -> None:
+    """Replaces this process by the same command with the tunable set, when ``wanted``; returns
+    only when it is not. Call it first thing, before anything heavy is imported."""
+    env = os.environ
+    if not sys.executable or not wanted(env, transparent_hugepage_mode(), glibc_version()):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, sys.orig_argv, with_hugepages(env))
