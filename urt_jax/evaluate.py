@@ -19,7 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from urt_jax.data.readers import write_jsonl, write_text
+from urt_jax.atomic import write_text
+from urt_jax.data.readers import write_jsonl
 from urt_jax.data.records import PAIRWISE_VERDICTS, TIE, PreferenceRecord
 from urt_jax.generate.prompts import complete
 from urt_jax.rewards import extract_answer, format_reward

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from urt_jax.atomic import write_text
 from urt_jax.config import RunConfig, RunConfigError, options_from
-from urt_jax.data.readers import write_text
 from urt_jax.model.config import Qwen25VLConfig
 from urt_jax.model.hf import from_pretrained, save_pretrained
 from urt_jax.model.orbax_io import load_orbax, save_orbax

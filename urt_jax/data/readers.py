@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from urt_jax.atomic import replace_with
 from urt_jax.data.records import Media, PreferenceRecord, RecordError, task_from_verdict
 from urt_jax.rewards import extract_answer
 
@@ -32,27 +33,7 @@ def write_jsonl(path: str, rows: Iterable[dict]) -> None:
         for row in rows:
             f.write(json.dumps(row) + "\n")
 
-    _replace_with(path, write)
-
-
-def write_text(path: str, text: str) -> None:
-    """``text`` as a file, written whole or not at all (a temporary file, then a rename)."""
-    _replace_with(path, lambda f: f.write(text))
-
-
-def _replace_with(path: str, write) -> None:
-    """``write(file)`` into a temporary file beside ``path``, renamed onto it when done; on an
-    error the temporary file is removed and ``path`` left as it was."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    replace_with(path, write)
 
 
 def iter_json_objects(path: str) -> Iterator[tuple[int, Any | Exception]]:

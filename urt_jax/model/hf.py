@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from urt_jax.atomic import write_text
 from urt_jax.model.config import ConfigError, Qwen25VLConfig
 from urt_jax.model.layers import DTypePolicy
 from urt_jax.model.qwen2_5_vl import Qwen25VL
@@ -384,7 +385,7 @@ def save_pretrained(
         dtype = _dtype_name({t.dtype.name for t in tensors.values()})
         write_config_and_aux_files(model, out_dir, dtype, source_dir)
         for name, content in (extra_files or {}).items():
-            _write_atomic(os.path.join(out_dir, name), content)
+            write_text(os.path.join(out_dir, name), content)
     wait_for_writer(f"save_pretrained {out_dir}")
 
 
@@ -394,7 +395,7 @@ def write_config_and_aux_files(
     """config.json (Hub layout, torch_dtype = dtype) and the tokenizer, processor and generation
     files of ``source_dir`` (default: the directory the model was loaded from)."""
     config = dataclasses.replace(model.config, dtype=dtype)
-    _write_atomic(
+    write_text(
         os.path.join(out_dir, "config.json"),
         json.dumps(config.to_hf_dict(), indent=2, sort_keys=True) + "\n",
     )
@@ -411,12 +412,3 @@ def _dtype_name(dtypes: set[str]) -> str:
         if dtypes == {name}:
             return name
     raise ConfigError(f"parameters have mixed dtypes {sorted(dtypes)}; cannot name a torch_dtype")
-
-
-def _write_atomic(path: str, content: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(content)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -17,13 +17,14 @@ import math
 import mmap
 import os
 import re
-import secrets
 import struct
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import ml_dtypes
 import numpy as np
+
+from urt_jax.atomic import replace_with, write_text
 
 __all__ = [
     "INDEX_FILE",
@@ -449,25 +450,6 @@ def _header_bytes(specs: list[_Spec], metadata: Mapping[str, str]) -> bytes:
     return raw + b" " * (-(8 + len(raw)) % _HEADER_ALIGN)  # data starts 8-byte aligned
 
 
-def _write_atomic(path: str, write) -> None:
-    """Writes via a temp file in the same directory, fsyncs it, then renames it over ``path``."""
-    directory, base = os.path.split(path)
-    tmp = os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _write_shard(path: str, specs: list[_Spec], metadata: Mapping[str, str]) -> None:
     header = _header_bytes(specs, metadata)
 
@@ -480,7 +462,7 @@ def _write_shard(path: str, specs: list[_Spec], metadata: Mapping[str, str]) -> 
                 fh.write(memoryview(a.reshape(-1).view(np.uint8)))
                 del a
 
-    _write_atomic(path, write)
+    replace_with(path, write, binary=True)
 
 
 def _fsync_dir(directory: str) -> None:
@@ -558,7 +540,7 @@ def save_safetensors(
         weight_map = {s.name: f for f, shard in zip(files, shards, strict=True) for s in shard}
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         text = json.dumps(index, indent=2, sort_keys=True) + "\n"
-        _write_atomic(os.path.join(out_dir, index_name), lambda fh: fh.write(text.encode()))
+        write_text(os.path.join(out_dir, index_name), text)
         written.add(index_name)
     _fsync_dir(out_dir)
 
