@@ -63,11 +63,8 @@ RETAIN_MALLOC = {
 
 def hugepage_env() -> dict[str, str]:
     """What urt-jax's command line adds to its own environment on this machine (maybe nothing)."""
-    if not hugepages.wanted(
-        os.environ, hugepages.transparent_hugepage_mode(), hugepages.glibc_version()
-    ):
-        return {}
-    return {"GLIBC_TUNABLES": hugepages.with_hugepages(os.environ)["GLIBC_TUNABLES"]}
+    env = hugepages.restart_env(os.environ)
+    return {} if env is None else {"GLIBC_TUNABLES": env["GLIBC_TUNABLES"]}
 
 
 def worker_env(args: argparse.Namespace, side: str) -> dict[str, str]:

@@ -72,7 +72,7 @@ def _probe(**env) -> dict:
 
 
 @pytest.mark.skipif(
-    not hugepages.wanted({}, hugepages.transparent_hugepage_mode(), hugepages.glibc_version()),
+    hugepages.restart_env({}) is None,
     reason="this machine's C library or kernel has no transparent huge pages for malloc",
 )
 def test_restarted_process_maps_large_blocks_on_huge_pages():

@@ -17,7 +17,7 @@ def replace_with(path: str, write: Callable[[IO[Any]], object], binary: bool = F
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(tmp, "xb" if binary else "x", **({} if binary else {"encoding": "utf-8"})) as f:
+        with open(tmp, "xb") if binary else open(tmp, "x", encoding="utf-8") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())

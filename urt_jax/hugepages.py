@@ -2,10 +2,10 @@
 
 XLA:CPU allocates a step's temporaries (1.4 GB for the benchmark's SFT step) afresh every step,
 and glibc returns such large blocks to the kernel when they are freed, so every step faults them
-in again, 4 KiB at a time: about 370k page faults and a quarter of a 2-core machine's time in the
-kernel. With glibc's ``glibc.malloc.hugetlb=1`` tunable, malloc asks for transparent huge pages
-(``madvise(MADV_HUGEPAGE)``) on the blocks it maps, and the same step takes about 10k faults
-(README, Benchmarks). glibc reads tunables only when a process starts, so the command line
+in again, 4 KiB at a time: about 370k page faults and 0.7-0.8 s of kernel time a step on a
+2-core machine. With glibc's ``glibc.malloc.hugetlb=1`` tunable, malloc asks for transparent
+huge pages (``madvise(MADV_HUGEPAGE)``) on the blocks it maps, and the same step takes about 10k
+faults (README, Benchmarks). glibc reads tunables only when a process starts, so the command line
 re-executes itself once with the tunable set (``reexec_with_hugepages``). ``URT_JAX_HUGEPAGES=0``
 leaves malloc as it is; a ``GLIBC_TUNABLES`` that already sets ``glibc.malloc.hugetlb`` is kept.
 """
@@ -57,12 +57,20 @@ def with_hugepages(environ: Mapping[str, str]) -> dict[str, str]:
     return {**environ, "GLIBC_TUNABLES": ":".join([*tunables, f"{TUNABLE}=1"])}
 
 
+def restart_env(environ: Mapping[str, str]) -> dict[str, str] | None:
+    """The environment the command line restarts with on this machine, or None where it does
+    not restart (``wanted``)."""
+    if not wanted(environ, transparent_hugepage_mode(), glibc_version()):
+        return None
+    return with_hugepages(environ)
+
+
 def reexec_with_hugepages() -> None:
-    """Replaces this process by the same command with the tunable set, when ``wanted``; returns
-    only when it is not. Call it first thing, before anything heavy is imported."""
-    env = os.environ
-    if not sys.executable or not wanted(env, transparent_hugepage_mode(), glibc_version()):
+    """Replaces this process by the same command with the tunable set (``restart_env``); returns
+    only when it does not restart. Call it first thing, before anything heavy is imported."""
+    env = restart_env(os.environ)
+    if env is None or not sys.executable:
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, sys.orig_argv, with_hugepages(env))
+    os.execve(sys.executable, sys.orig_argv, env)
