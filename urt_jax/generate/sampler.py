@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Sequence
 
 import jax
@@ -236,10 +237,11 @@ def _sample_jit(
     def body(carry):
         step, tokens, logprobs, lengths, done, logits, caches, key_valid, rng = carry
         rng, sub = jax.random.split(rng)
-        choice = _choose(logits, sub, temperature, top_k, top_p, suppress).astype(jnp.int32)
-        logp = jnp.take_along_axis(
-            jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), choice[:, None], axis=-1
-        )[:, 0]
+        with jax.named_scope("choose_token"):  # a name for profiles (benchmarks/decode_profile)
+            choice = _choose(logits, sub, temperature, top_k, top_p, suppress).astype(jnp.int32)
+            logp = jnp.take_along_axis(
+                jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), choice[:, None], axis=-1
+            )[:, 0]
         choice = jnp.where(done, pad_id, choice)
         tokens = tokens.at[:, step].set(choice)
         logprobs = logprobs.at[:, step].set(jnp.where(done, 0.0, logp))
@@ -294,6 +296,61 @@ def sample(
     ``out_in_kernels``: decode with [out, in] copies of the decoder's kernels
     (``_transpose_decoder_kernels``); None = only when JAX runs on the CPU, the backend whose
     matmul this layout speeds up (elsewhere the copies would only cost memory)."""
+    program = _program(
+        model,
+        batch,
+        num_samples=num_samples,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        eos_token_ids=eos_token_ids,
+        seed=seed,
+        pad_id=pad_id,
+        prompt_buckets=prompt_buckets,
+        suppress_token_ids=suppress_token_ids,
+        out_in_kernels=out_in_kernels,
+    )
+    tokens, logprobs, lengths = _sample_jit(*program.args, **program.static)
+    # gathered from every process on a multi-host mesh (all processes sample the same rows)
+    tokens, logprobs, lengths = (to_host(x) for x in (tokens, logprobs, lengths))
+    return SampleOutput(tokens, logprobs, lengths, program.prompt_ids, program.prompt_mask)
+
+
+def lower_sample(model: Qwen25VL, batch: dict, **options) -> jax.stages.Lowered:
+    """The program ``sample(model, batch, **options)`` runs, lowered ahead of time: compile it for
+    its HLO, cost and memory analysis (the benchmark's decode profile names its thunks by it)."""
+    bound = inspect.signature(sample).bind(model, batch, **options)
+    bound.apply_defaults()
+    program = _program(**bound.arguments)
+    return _sample_jit.lower(*program.args, **program.static)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Program:
+    args: tuple  # _sample_jit's array arguments
+    static: dict  # and its static ones
+    prompt_ids: np.ndarray
+    prompt_mask: np.ndarray
+
+
+def _program(
+    model: Qwen25VL,
+    batch: dict,
+    *,
+    num_samples: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    eos_token_ids: Sequence[int] | None,
+    seed: int,
+    pad_id: int | None,
+    prompt_buckets: Sequence[int],
+    suppress_token_ids: Sequence[int] | None,
+    out_in_kernels: bool | None,
+) -> _Program:
+    """``sample``'s arguments turned into those of ``_sample_jit``, placed on the model's mesh."""
     if out_in_kernels is None:
         out_in_kernels = targets_cpu()
     cfg = model.config
@@ -332,12 +389,7 @@ def sample(
         placed, placed_deltas = _place_on_mesh(mesh, inputs, deltas.astype(np.int32))
     else:
         placed, placed_deltas = jax.tree.map(jnp.asarray, inputs), jnp.asarray(deltas, jnp.int32)
-    tokens, logprobs, lengths = _sample_jit(
-        graphdef,
-        state,
-        placed,
-        placed_deltas,
-        jax.random.key(seed),
+    static = dict(
         num_samples=num_samples,
         max_new_tokens=max_new_tokens,
         temperature=float(temperature),
@@ -348,9 +400,8 @@ def sample(
         suppress=tuple(sorted({int(i) for i in suppress_token_ids})),
         out_in_kernels=bool(out_in_kernels),
     )
-    # gathered from every process on a multi-host mesh (all processes sample the same rows)
-    tokens, logprobs, lengths = (to_host(x) for x in (tokens, logprobs, lengths))
-    return SampleOutput(tokens, logprobs, lengths, ids, mask)
+    args = (graphdef, state, placed, placed_deltas, jax.random.key(seed))
+    return _Program(args, static, ids, mask)
 
 
 def _model_mesh(state):
