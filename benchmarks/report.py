@@ -231,6 +231,43 @@ def profile(r: dict) -> list[str]:
     return out
 
 
+def sampling_profile(r: dict) -> list[str]:
+    sampling = r.get("sampling", {})
+    p = sampling.get("urt_jax", {}).get("breakdown")
+    if not p:
+        return []
+    steps, step_ms = p["steps"], p["step_ms"]
+    per_step = sum(step_ms.values())
+    out = [
+        "\n## Where the time goes (sampling)\n",
+        "urt_jax: one sampling call traced with jax.profiler (benchmarks/decode_profile.py), its "
+        "XLA:CPU thunks grouped by what their HLO instruction computes (from the compiled "
+        "program); thunks that ran at the same time share their overlap. The traced call took "
+        f"{p['call_s']:.3f} s: {1e3 * p['once_s']:.0f} ms once (vision tower, prefill, cache "
+        f"set-up, kernel copies), {steps} decode steps of {per_step:.2f} ms, and "
+        f"{1e3 * p['host_and_idle_s']:.0f} ms in no thunk of the program (host work, "
+        f"dispatch); {p['thunks_per_step']:.0f} thunks a step.\n",
+        _row(["in each decode step", "ms", "share"]),
+        _row(["---"] * 3),
+    ]
+    for group, ms in step_ms.items():
+        out.append(_row([group, _f(ms, 2), f"{ms / per_step:.0%}"]))
+    out.append(_row(["decode step", _f(per_step, 2), "100%"]))
+    matmul_ms = step_ms["decoder weight matmuls"] + step_ms["LM head"]
+    floor = sampling.get("decode_floor")
+    hf = sampling.get("hf_best")
+    if floor and hf:
+        only_matmuls_s = p["once_s"] + p["host_and_idle_s"] + steps * 1e-3 * matmul_ms
+        out.append(
+            f"\nThe weight matmuls (decoder and LM head) take {matmul_ms:.2f} ms of each step, "
+            f"against {floor['step_ms']:.2f} ms for the same matmuls alone (the decode floor, "
+            f"{floor['best']}). A step that was nothing but them, with this call's once-a-call "
+            f"and host time, would sample at {sampling[hf]['median_s'] / only_matmuls_s:.2f}x "
+            f"{hf}.\n"
+        )
+    return out
+
+
 def _grpo_case(p: dict) -> str:
     g = p.get("grpo_case", {})
     if not g:
@@ -361,6 +398,7 @@ def write_markdown(r: dict) -> str:
         "during the timed calls, minus its resident set once its libraries were imported.\n"
     )
     lines += profile(r)
+    lines += sampling_profile(r)
     if "recompiles" in r:
         rc = r["recompiles"]
         info = rc["info"]

@@ -8,7 +8,8 @@ every side builds the same batches (benchmarks/workload.py). Each side of each m
 in its own worker process (benchmarks/worker.py) so its peak memory is its own; the sides take
 turns (round-robin, rotating who goes first) and the medians of the timed calls after warm-up
 are compared. Measurements: matmul peak (numpy, jax, torch), SFT step, forward, group sampling,
-recompilations over mixed-length batches, the SFT step breakdown, and benchmarks/plan_7b.py.
+recompilations over mixed-length batches, the SFT step breakdown, a profile of a sampling call,
+and benchmarks/plan_7b.py.
 """
 
 from __future__ import annotations
@@ -318,7 +319,7 @@ def main() -> None:
         results["forward"] = res
     if stage("sampling"):
         new = shape.samples * shape.new_tokens
-        res = compare("sample", side_args("sample", args), args, new, warmup=1)
+        res = compare("sample", side_args("sample", args), args, new, warmup=1, breakdown="urt_jax")
         res["hf_best"] = hf = best_hf(res)
         metrics["sampling_speedup_vs_hf"] = res["urt_jax"]["per_s"] / res[hf]["per_s"]
         floor = decode_floor(args, new)

@@ -1,5 +1,5 @@
 """The urt_jax side: the project's own SFT trainer, jitted forward and group sampler, the
-recompilation count and the step breakdown."""
+recompilation count, the SFT step's breakdown and the sampling call's profile."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from benchmarks import workload as wl
+from benchmarks.decode_profile import profile_sampling
 from urt_jax.config import TrainSection
 from urt_jax.data.batching import Buckets, batch_sizes, collate
 from urt_jax.model.hf import from_pretrained
@@ -81,19 +82,17 @@ class Ours:
     def _setup_sample(self):
         from urt_jax.generate.sampler import sample
 
-        prompt = wl.sampling_prompt(self.shape)
+        self.prompt = wl.sampling_prompt(self.shape)
+        self.sample_options = dict(
+            num_samples=self.shape.samples,
+            max_new_tokens=self.shape.new_tokens,
+            temperature=1.0,
+            eos_token_ids=[],
+        )
         seeds = iter(range(1_000_000))
 
         def call():
-            out = sample(
-                self.model,
-                prompt,
-                num_samples=self.shape.samples,
-                max_new_tokens=self.shape.new_tokens,
-                temperature=1.0,
-                eos_token_ids=[],
-                seed=next(seeds),
-            )
+            out = sample(self.model, self.prompt, **self.sample_options, seed=next(seeds))
             return {"new_tokens": int(out.lengths.sum())}
 
         return call
@@ -130,7 +129,13 @@ class Ours:
         return call
 
     # ------------------------------------------------------------------ breakdown
-    def breakdown(self, repeats: int = 3) -> dict:
+    def breakdown(self) -> dict:
+        """Where the time goes: the SFT step's pieces, or the sampling call's profile."""
+        if self.task == "sample":
+            return profile_sampling(self.model, self.prompt, **self.sample_options, seed=0)
+        return self._sft_breakdown()
+
+    def _sft_breakdown(self, repeats: int = 3) -> dict:
         """Median seconds of the pieces of one SFT step, each jitted on its own, and XLA's own
         FLOP count of the forward+backward program."""
         tr, batch = self.trainer, self.batch

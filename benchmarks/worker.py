@@ -6,12 +6,13 @@ by benchmarks/run.py over stdin/stdout, one JSON object a line.
         [--lib numpy|jax|torch|jax_out_in|jax_read (decode_floor)]
 
 Commands: {"op": "run", "n": k} runs k timed calls; {"op": "reset_peak"} restarts peak-memory
-tracking; {"op": "memory"} reports it; {"op": "breakdown"} (urt_jax SFT only) times the step's
-pieces; {"op": "trace", "dir": D} writes a jax.profiler trace of two steps; {"op": "finish"}
-reports memory and details and exits. "base" is the resident set once the side's libraries are
-imported (before the model is loaded). Memory is the process's resident set (Linux /proc):
-VmHWM, reset by writing 5 to /proc/self/clear_refs (falling back to ru_maxrss, which cannot be
-reset, where that is not allowed).
+tracking; {"op": "memory"} reports it; {"op": "breakdown"} (urt_jax only) times the SFT step's
+pieces or profiles a sampling call (benchmarks/decode_profile.py); {"op": "trace", "dir": D}
+writes a jax.profiler trace of two steps; {"op": "finish"} reports memory and details and exits.
+"base" is the resident set once the side's libraries are imported (before the model is loaded).
+Memory is the process's resident set (Linux /proc): VmHWM, reset by writing 5 to
+/proc/self/clear_refs (falling back to ru_maxrss, which cannot be reset, where that is not
+allowed).
 """
 
 from __future__ import annotations
