@@ -88,8 +88,7 @@ def test_kernels_transposed_for_decoding_give_the_same_model(pair):
         ours.config, **{k: v for k, v in batch.items() if k != "mm_token_type_ids"}
     )
     inputs = jax.tree.map(jnp.asarray, inputs)
-    length = inputs.input_ids.shape[1]
-    hidden, _ = _prefill(model, copies, inputs, length)
+    hidden, _ = _prefill(model, copies, inputs, num_samples=1, new_slots=1)
     # the per-layer loop with transposed kernels against the scanned stack as stored
     np.testing.assert_allclose(
         model.logits(hidden)[:, 0], ours.forward(inputs)[:, -1], rtol=0, atol=1e-5

@@ -2,9 +2,10 @@
 
 Prompts (left- or right-padded) are moved to left padding on the host, so every row's prompt ends
 at the same position and decoding writes one static cache slot per step. The prompt is prefilled
-once (images and videos encoded once), its key/value cache is repeated G times (rows prompt-major:
-row i*G + j is sample j of prompt i), and a ``jax.lax.while_loop`` decodes over the static cache
-until every row has emitted an end token or the budget is spent. M-RoPE decode positions are
+once (images and videos encoded once) and its keys and values are kept once, shared by its G rows
+(rows prompt-major: row i*G + j is sample j of prompt i; ``KVCache``), and a
+``jax.lax.while_loop`` decodes over a static cache of the generated tokens until every row has
+emitted an end token or the budget is spent. M-RoPE decode positions are
 "real tokens so far + rope delta" on all three axes, as in transformers.
 
 Returned log-probabilities are those of the chosen tokens under the model's unmodified
@@ -148,15 +149,16 @@ def _transpose_decoder_kernels(model: Qwen25VL, layers: list) -> None:
         module.transpose_kernel()
 
 
-def _prefill(model: Qwen25VL, layers, inputs: ModelInputs, cache_len: int):
-    """Hidden state of the last prompt position and one KVCache of cache_len slots per layer."""
+def _prefill(model: Qwen25VL, layers, inputs: ModelInputs, num_samples: int, new_slots: int):
+    """Hidden state of the last prompt position and one KVCache per layer: the prompts' keys and
+    values once, and ``new_slots`` empty slots for each of their ``num_samples`` rows."""
     x = model.embed(inputs)
     cos, sin = mrope_cos_sin(inputs.position_ids, model.config, x.dtype)
     mask = causal_padding_mask(inputs.attention_mask)
     caches = []
     for layer in layers:
         x, (k, v) = layer.step(x, cos, sin, mask)
-        caches.append(KVCache.from_prefill(k, v, cache_len))
+        caches.append(KVCache.from_prefill(k, v, num_samples, new_slots))
     return model.language_model.norm(x[:, -1:]), caches
 
 
@@ -167,16 +169,16 @@ def _decode_one(
     position: jax.Array,
     caches,
     index,
-    key_valid: jax.Array,
+    prompt_mask: jax.Array,
 ):
-    """One decoding step for tokens [R] at M-RoPE position [R]; writes cache slot ``index``."""
+    """One decoding step for tokens [R] at M-RoPE position [R]; writes generated slot ``index``
+    of every row. prompt_mask [B, T]: the prompts' real (not padding) positions."""
     x = model.language_model.embed_tokens(token[:, None])
     pos = jnp.broadcast_to(position[None, :, None], (3, token.shape[0], 1))
     cos, sin = mrope_cos_sin(pos, model.config, x.dtype)
-    mask = key_valid[:, None, :]  # [R, 1, S]
     new_caches = []
     for layer, cache in zip(layers, caches, strict=True):
-        x, cache = layer.decode(x, cos, sin, mask, cache, index)
+        x, cache = layer.decode(x, cos, sin, cache, prompt_mask, index)
         new_caches.append(cache)
     return model.logits(model.language_model.norm(x))[:, 0], new_caches
 
@@ -217,25 +219,17 @@ def _sample_jit(
     layers = model.language_model.layer_list()
     if out_in_kernels:
         _transpose_decoder_kernels(model, layers)
-    b, t = inputs.input_ids.shape
-    cache_len = t + max_new_tokens
-    hidden, caches = _prefill(model, layers, inputs, cache_len)
+    b = inputs.input_ids.shape[0]
+    hidden, caches = _prefill(model, layers, inputs, num_samples, max_new_tokens)
     first_logits = model.logits(hidden)[:, 0]  # [B, V]
     rows = b * num_samples
     rep = lambda a: jnp.repeat(a, num_samples, axis=0)  # noqa: E731  prompt-major
-    caches = [cache.repeat(num_samples) for cache in caches]
-    logits = rep(first_logits)
-    prompt_valid = rep(inputs.attention_mask.astype(bool))
-    key_valid = jnp.concatenate([prompt_valid, jnp.zeros((rows, max_new_tokens), bool)], axis=1)
+    prompt_mask = inputs.attention_mask.astype(bool)
     base_pos = rep(inputs.attention_mask.sum(axis=1) + rope_deltas)  # next position of a row
     eos = jnp.asarray(eos_ids, jnp.int32)
 
-    def cond(carry):
-        step, done = carry[0], carry[4]
-        return (step < max_new_tokens) & ~jnp.all(done)
-
-    def body(carry):
-        step, tokens, logprobs, lengths, done, logits, caches, key_valid, rng = carry
+    def pick(step, logits, rng, tokens, logprobs, lengths, done):
+        """Chooses each row's token at ``step`` from logits [R, V] and records it."""
         rng, sub = jax.random.split(rng)
         with jax.named_scope("choose_token"):  # a name for profiles (benchmarks/decode_profile)
             choice = _choose(logits, sub, temperature, top_k, top_p, suppress).astype(jnp.int32)
@@ -247,23 +241,36 @@ def _sample_jit(
         logprobs = logprobs.at[:, step].set(jnp.where(done, 0.0, logp))
         lengths = lengths + (~done).astype(jnp.int32)
         done = done | jnp.isin(choice, eos)
-        key_valid = key_valid.at[:, t + step].set(True)
-        logits, caches = _decode_one(
-            model, layers, choice, base_pos + step, caches, t + step, key_valid
-        )
-        return (step + 1, tokens, logprobs, lengths, done, logits, caches, key_valid, rng)
+        return choice, rng, tokens, logprobs, lengths, done
 
-    carry = (
-        jnp.int32(0),
+    def cond(carry):
+        step, done = carry[0], carry[4]
+        return (step < max_new_tokens) & ~jnp.all(done)
+
+    def body(carry):
+        # decodes the tokens chosen at step - 1 and chooses those at step: the loop carries
+        # tokens, not logits (a carried [R, V] buffer was copied twice a step)
+        step, tokens, logprobs, lengths, done, choice, caches, rng = carry
+        prev = step - 1
+        logits, caches = _decode_one(
+            model, layers, choice, base_pos + prev, caches, prev, prompt_mask
+        )
+        choice, rng, tokens, logprobs, lengths, done = pick(
+            step, logits, rng, tokens, logprobs, lengths, done
+        )
+        return (step + 1, tokens, logprobs, lengths, done, choice, caches, rng)
+
+    first = pick(
+        0,
+        rep(first_logits),
+        rng,
         jnp.full((rows, max_new_tokens), pad_id, jnp.int32),
         jnp.zeros((rows, max_new_tokens), jnp.float32),
         jnp.zeros((rows,), jnp.int32),
         jnp.zeros((rows,), bool),
-        logits,
-        caches,
-        key_valid,
-        rng,
     )
+    choice, rng, tokens, logprobs, lengths, done = first
+    carry = (jnp.int32(1), tokens, logprobs, lengths, done, choice, caches, rng)
     out = jax.lax.while_loop(cond, body, carry)
     return out[1], out[2], out[3]
 
