@@ -193,7 +193,8 @@ def thunk_events(trace_dir: str, module: str) -> list[dict]:
 
 def profile_sampling(model, prompt: dict, trace_dir: str | None = None, **options) -> dict:
     """Traces one ``sample(model, prompt, **options)`` call (after an untimed one that compiles)
-    and returns seconds by group; the per-step figures divide the loop's groups by its steps."""
+    and returns seconds by group; the per-step figures divide the loop's groups by its steps (its
+    iterations: one a new token but the first, which comes from the prefill's logits)."""
     vocab = model.config.text.vocab_size
     compiled = lower_sample(model, prompt, **options).compile()
     module, groups = instruction_groups(compiled.as_text(), vocab)
@@ -221,7 +222,9 @@ def profile_sampling(model, prompt: dict, trace_dir: str | None = None, **option
     if not spans:
         raise RuntimeError(f"no thunk of the trace is an instruction of {module}'s HLO")
     by_group = share_overlaps(spans)
-    steps = int(out.lengths.max())
+    # the loop's iterations: the LM head runs once in each (the first token needs none)
+    heads = [e["args"]["hlo_op"] for e in events if groups.get(e["args"]["hlo_op"]) == LM_HEAD]
+    steps = len(heads) // max(len(set(heads)), 1) or max(int(out.lengths.max()) - 1, 1)
     loop_events = sum(1 for *_, g in spans if g != ONCE)
     busy = sum(by_group.values())
     return {
