@@ -220,6 +220,7 @@ def _sample_jit(
     if out_in_kernels:
         _transpose_decoder_kernels(model, layers)
     b = inputs.input_ids.shape[0]
+    # a slot for every new token, though the last one chosen is never decoded
     hidden, caches = _prefill(model, layers, inputs, num_samples, max_new_tokens)
     first_logits = model.logits(hidden)[:, 0]  # [B, V]
     rows = b * num_samples
@@ -249,7 +250,7 @@ def _sample_jit(
 
     def body(carry):
         # decodes the tokens chosen at step - 1 and chooses those at step: the loop carries
-        # tokens, not logits (a carried [R, V] buffer was copied twice a step)
+        # tokens, not logits (carried, the [R, V] logits cost a copy of them every step)
         step, tokens, logprobs, lengths, done, choice, caches, rng = carry
         prev = step - 1
         logits, caches = _decode_one(
