@@ -245,8 +245,8 @@ def sampling_profile(r: dict) -> list[str]:
         "program); thunks that ran at the same time share their overlap. The traced call took "
         f"{p['call_s']:.3f} s: {1e3 * p['once_s']:.0f} ms once (vision tower, prefill, cache "
         f"set-up, kernel copies), {steps} decode steps of {per_step:.2f} ms, and "
-        f"{1e3 * p['host_and_idle_s']:.0f} ms in no thunk of the program (host work, "
-        f"dispatch); {p['thunks_per_step']:.0f} thunks a step.\n",
+        f"{1e3 * p['host_and_idle_s']:.0f} ms in no thunk of the program (the runtime's gaps "
+        f"between thunks, host work, dispatch); {p['thunks_per_step']:.0f} thunks a step.\n",
         _row(["in each decode step", "ms", "share"]),
         _row(["---"] * 3),
     ]
