@@ -1,5 +1,7 @@
 """The KV-cache sampler against transformers' generate, and its sampling behaviour."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +18,7 @@ from urt_jax.generate.sampler import (
     _sample_jit,
     _transpose_decoder_kernels,
     inverse_cdf_sample,
+    lower_sample,
 )
 from urt_jax.model.inputs import prepare_inputs
 
@@ -248,3 +251,29 @@ def test_sharded_model_samples_the_same(pair, tmp_path):
     got = sample(sharded, batch, num_samples=2, max_new_tokens=N, temperature=0.0)
     np.testing.assert_array_equal(got.tokens, want.tokens)
     np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-4)
+
+
+def test_mixed_precision_decodes_with_weights_cast_once(pair, tmp_path):
+    # mixed_bfloat16 (fp32 master weights, bf16 compute) casts every weight at each use; the
+    # sampler casts them once, so the per-layer weights its decode loop holds are bf16 copies
+    hf, _ = pair
+    ref.save_model(hf, tmp_path)
+    mixed = urt_jax.from_pretrained(tmp_path, dtype="mixed_bfloat16")
+    batch = ref.build_batch(CASES["image"][0], seed=7)
+    options = dict(num_samples=2, max_new_tokens=4, eos_token_ids=[], temperature=0.0)
+    text = lower_sample(mixed, batch, **options).as_text()
+    loop = max((ln for ln in text.splitlines() if "stablehlo.while" in ln), key=len)
+    carried = [
+        (int(np.prod([int(d) for d in dims.split("x")])), dtype)
+        for dims, dtype in re.findall(r"tensor<(\d+(?:x\d+)*)x(f32|bf16)>", loop.split(" : ")[-1])
+    ]
+    smallest_param = min(np.prod(p.shape) for p in jax.tree.leaves(nnx.state(mixed)))
+    assert [n for n, dtype in carried if dtype == "f32" and n >= smallest_param] == []
+    assert sum(n for n, dtype in carried if dtype == "bf16") > sum(
+        np.prod(p.shape) for p in jax.tree.leaves(nnx.state(mixed.language_model.layers))
+    )
+    # the same computation as a bf16 model of the same weights
+    bf16 = urt_jax.from_pretrained(tmp_path, dtype="bfloat16")
+    a, b = sample(mixed, batch, **options), sample(bf16, batch, **options)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_array_equal(a.logprobs, b.logprobs)
