@@ -203,10 +203,12 @@ def profile_sampling(model, prompt: dict, trace_dir: str | None = None, **option
     trace_dir = trace_dir or tempfile.mkdtemp(prefix="urt_jax_decode_trace_")
     try:
         jax.profiler.start_trace(trace_dir)
-        t0 = time.perf_counter()
-        out = sample(model, prompt, **options)
-        call_s = time.perf_counter() - t0
-        jax.profiler.stop_trace()
+        try:
+            t0 = time.perf_counter()
+            out = sample(model, prompt, **options)
+            call_s = time.perf_counter() - t0
+        finally:
+            jax.profiler.stop_trace()
         events = thunk_events(trace_dir, module)
     finally:
         if own_dir:
