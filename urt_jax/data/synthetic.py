@@ -20,6 +20,7 @@ import random
 import numpy as np
 from PIL import Image, ImageDraw
 
+from urt_jax.atomic import replace_with
 from urt_jax.data.records import PAIRWISE_VERDICTS, TASKS
 
 COLORS = {
@@ -423,8 +424,8 @@ def write_split(
     os.makedirs(os.path.join(out_dir, media_rel), exist_ok=True)
     rng = np.random.default_rng(seed)
     path = os.path.join(out_dir, f"{split}.jsonl")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+
+    def write(f) -> None:
         for i in range(n):
             task = cfg.tasks[i % len(cfg.tasks)]
             pointwise = task.endswith("generation") and rng.random() < cfg.pointwise_fraction
@@ -433,7 +434,8 @@ def write_split(
                 if key in item:
                     item[key] = [_prefix(media_rel, p) for p in item[key]]
             f.write(json.dumps(item) + "\n")
-    os.replace(tmp, path)
+
+    replace_with(path, write)
     return path
 
 

@@ -9,6 +9,8 @@ import time
 
 import numpy as np
 
+from urt_jax.atomic import replace_with
+
 
 class MetricsLogger:
     """Writes ``{out_dir}/metrics.jsonl`` and ``{out_dir}/tensorboard/``; shows progress.
@@ -54,10 +56,7 @@ class MetricsLogger:
             return
         with open(self.path) as f:
             lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(lines)
-        os.replace(tmp, self.path)
+        replace_with(self.path, lambda f: f.writelines(lines))
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:
