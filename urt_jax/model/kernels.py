@@ -40,6 +40,13 @@ import jax.numpy as jnp
 _NEG = jnp.finfo(jnp.float32).min
 
 
+def masked_softmax(scores: jax.Array, keep: jax.Array) -> jax.Array:
+    """Attention weights as eager attention forms them: softmax over the last axis in fp32, the
+    entries where ``keep`` (broadcast against ``scores``) is False set to fp32's minimum first.
+    fp32 probabilities; callers cast them to the values' dtype."""
+    return jax.nn.softmax(jnp.where(keep, scores.astype(jnp.float32), _NEG), axis=-1)
+
+
 # ------------------------------------------------------------------------ compile target
 _compile_target: str | None = None
 
@@ -189,7 +196,7 @@ def _attention_forward(q, k, v, mask, scale, blocks):
         scores = jnp.einsum("bkqd,bksd->bkqs", qg, kh[:, :, :keys])
         scores = scores * jnp.asarray(scale, q.dtype)
         keep = jnp.repeat(mask[:, None, start:end, :keys], g, axis=2)  # [B, 1, c*G, s]
-        probs = jax.nn.softmax(jnp.where(keep, scores.astype(jnp.float32), _NEG), axis=-1)
+        probs = masked_softmax(scores, keep)
         out = jnp.einsum("bkqs,bksd->bkqd", probs.astype(v.dtype), vh[:, :, :keys])
         outs.append(out)
         saved.append((qg, probs, out, keep))

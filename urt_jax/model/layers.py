@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from urt_jax.model.kernels import linear, swiglu
+from urt_jax.model.kernels import linear, masked_softmax, swiglu
 
 _DTYPES = {
     "float32": jnp.float32,
@@ -182,26 +182,17 @@ class Embed(nnx.Module):
 
 
 def masked_softmax_attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    mask: jax.Array,
-    scale: float,
-    spec: str,
-    value_labels: str | None = None,
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float, spec: str
 ) -> jax.Array:
     """Eager-equivalent attention: (q.k)*scale, mask, softmax in fp32, cast, weights.v.
 
     ``spec`` is the einsum for scores, e.g. 'bqhd,bkhd->bhqk'; the value einsum is derived from it,
-    with ``v`` labelled like ``k`` unless ``value_labels`` says otherwise (a KV cache keeps keys
-    and values in different layouts). ``mask`` is boolean and broadcast against the scores
+    with ``v`` labelled like ``k``. ``mask`` is boolean and broadcast against the scores
     (True = attend).
     """
     lhs, out = spec.split("->")
     qs, ks = lhs.split(",")
     scores = jnp.einsum(spec, q, k) * jnp.asarray(scale, q.dtype)
-    big_neg = jnp.finfo(jnp.float32).min
-    scores = jnp.where(mask, scores.astype(jnp.float32), big_neg)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    probs = masked_softmax(scores, mask).astype(v.dtype)
     # probs carry `out` labels; the result has qs labels.
-    return jnp.einsum(f"{out},{value_labels or ks}->{qs}", probs, v)
+    return jnp.einsum(f"{out},{ks}->{qs}", probs, v)

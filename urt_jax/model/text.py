@@ -9,7 +9,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from urt_jax.model.config import TextConfig
-from urt_jax.model.kernels import apply_rotary, causal_blocks, gqa_attention, targets_cpu
+from urt_jax.model.kernels import (
+    apply_rotary,
+    causal_blocks,
+    gqa_attention,
+    masked_softmax,
+    targets_cpu,
+)
 from urt_jax.model.layers import (
     Dense,
     DTypePolicy,
@@ -143,13 +149,12 @@ def shared_prompt_attention(
     scale = jnp.asarray(scale, q.dtype)
     prompt_scores = by_row(jnp.einsum("bkmd,bkds->bkms", by_prompt(q), cache.prompt_k) * scale)
     new_scores = jnp.einsum("rkgd,rkds->rkgs", q, cache.k) * scale
-    scores = jnp.concatenate([prompt_scores, new_scores], axis=-1).astype(jnp.float32)
+    scores = jnp.concatenate([prompt_scores, new_scores], axis=-1)
     valid = jnp.concatenate(
         [jnp.repeat(prompt_mask, g, axis=0), jnp.broadcast_to(new_valid, (rows, new_valid.size))],
         axis=-1,
     )
-    scores = jnp.where(valid[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(cache.v.dtype)
+    probs = masked_softmax(scores, valid[:, None, None, :]).astype(cache.v.dtype)
     from_prompt = jnp.einsum("bkms,bksd->bkmd", by_prompt(probs[..., :t]), cache.prompt_v)
     from_new = jnp.einsum("rkgs,rksd->rkgd", probs[..., t:], cache.v)
     return (by_row(from_prompt) + from_new).reshape(rows, 1, h, d)
