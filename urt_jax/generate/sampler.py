@@ -229,7 +229,8 @@ def _sample_jit(
     suppress: tuple[int, ...],
     out_in_kernels: bool,
 ):
-    model = nnx.merge(graphdef, _in_compute_dtype(state, nnx.merge(graphdef, state).policy))
+    model = nnx.merge(graphdef, state)
+    nnx.update(model, _in_compute_dtype(state, model.policy))
     layers = model.language_model.layer_list()
     if out_in_kernels:
         _transpose_decoder_kernels(model, layers)
