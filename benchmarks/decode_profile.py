@@ -7,7 +7,8 @@ Groups: the decode loop's weight matmuls, LM head, attention over the KV cache, 
 log-probs (the sampler's ``choose_token`` scope), everything else in the loop; and what runs once
 a call (vision tower, prefill, cache set-up, the decode-layout kernel copies). Thunks that run at
 the same time share their overlap equally, so the groups add up to the time the sampler's
-program kept the CPU busy; the rest of the call is host work and dispatch.
+program kept the CPU busy; the rest of the call is the runtime's gaps between thunks, host work
+and dispatch.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ CHOOSE_SCOPE = "/choose_token/"  # the sampler's jax.named_scope
 _COMPUTATION = re.compile(r"^(ENTRY )?%?([\w.\-]+) \(.*\) -> .*\{$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = ")
 _CALLED = re.compile(
-    r"\b(calls|to_apply|body|condition|branch_computations|called_computations)="
+    r"\b(?:calls|to_apply|body|condition|branch_computations|called_computations)="
     r"(\{[^}]*\}|%?[\w.\-]+)"
 )
 _DIMS = re.compile(r"\[([\d,]*)\]")
@@ -56,13 +57,12 @@ class Instruction:
         rest = line.split(" = ", 1)[1]
         self.shape, rest = _split_shape(rest)
         self.opcode = rest.split("(", 1)[0].strip()
-        called = [
-            (kind, c.strip().lstrip("%"))
-            for kind, group in _CALLED.findall(rest)
+        self.calls = [
+            c.strip().lstrip("%")
+            for group in _CALLED.findall(rest)
             for c in group.strip("{}").split(",")
             if c.strip()
         ]
-        self.calls = [c for _, c in called]
         self.control = self.calls if self.opcode in CONTAINERS else []
         meta = re.search(r'op_name="([^"]*)"', rest)
         self.op_name = meta.group(1) if meta else ""
