@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from urt_jax.resources import TINY_MODEL_CONFIG
+
 
 def _convert(args: argparse.Namespace) -> None:
     from urt_jax.model.hf import from_pretrained, save_pretrained
@@ -199,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--tokenizer", default=None, help="HF tokenizer directory; with it, lengths are checked too"
     )
-    check.add_argument("--model-config", default=_default_model_config())
+    check.add_argument("--model-config", default=TINY_MODEL_CONFIG)
     check.add_argument("--templates", default=None)
     check.add_argument("--max-length", type=int, default=None)
     check.add_argument("--min-pixels", type=int, default=3136)
@@ -213,13 +215,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=_data_check)
     return parser
-
-
-def _default_model_config() -> str:
-    import os
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return os.path.join(root, "configs", "model", "tiny.yaml")
 
 
 def _setup_logging() -> None:

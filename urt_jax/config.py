@@ -1,8 +1,9 @@
 """Typed run configs, loaded from YAML with ``key=value`` overrides (dotted keys, YAML values).
 
 Unknown keys are errors, naming the file and the key: a typo never falls back to a default.
-Relative paths inside a config are resolved against the config file's directory's parent
-(the repository root for files under configs/), or kept as given when they exist as is.
+A config file, and the model config, checkpoint, templates and tokenizer paths inside it, are
+looked up as given, then against the config file's directory's parent (configs/model/tiny.yaml
+from configs/demo.yaml), then among the files shipped in the package.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from urt_jax.resources import resolve_input
 from urt_jax.sharding.mesh import MeshConfig
 
 
@@ -222,7 +224,7 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
 
 
 def load_run_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> RunConfig:
-    path = os.fspath(path)
+    path = resolve_input(os.fspath(path))
     if not os.path.isfile(path):
         raise RunConfigError(f"{path}: config file not found")
     with open(path) as f:
@@ -244,6 +246,6 @@ def load_run_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> R
         ("data", "tokenizer"),
     ):
         value = getattr(getattr(cfg, section), attr)
-        if value and not os.path.isabs(value) and not os.path.exists(value):
-            setattr(getattr(cfg, section), attr, os.path.join(base, value))
+        if value:
+            setattr(getattr(cfg, section), attr, resolve_input(value, base))
     return cfg

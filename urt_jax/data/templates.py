@@ -1,4 +1,5 @@
-"""Task prompt templates: data files (configs/templates/*.yaml) that render a record's user turn.
+"""Task prompt templates: data files (configs/templates/*.yaml, shipped in the package) that
+render a record's user turn.
 
 A template file maps task -> mode -> text with ``${prompt}``, ``${answer1}``, ``${answer2}`` and
 ``${answer}`` placeholders (string.Template syntax, so free text may contain braces). The user turn
@@ -14,13 +15,7 @@ from collections.abc import Mapping
 import yaml
 
 from urt_jax.data.records import MODES, TASKS, PreferenceRecord, RecordError
-
-DEFAULT_TEMPLATES = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-    "configs",
-    "templates",
-    "unifiedreward_think.yaml",
-)
+from urt_jax.resources import DEFAULT_TEMPLATES
 
 _ALLOWED = {"prompt", "answer1", "answer2", "answer"}
 

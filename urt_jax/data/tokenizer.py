@@ -13,9 +13,8 @@ import json
 import os
 import tempfile
 
-ASSET_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "tokenizer"
-)
+from urt_jax.resources import DEMO_TOKENIZER_DIR as ASSET_DIR
+
 NUM_REGULAR = 4000
 # Qwen2.5-VL's special tokens, in the order of their ids (151643... in the real vocabulary).
 SPECIAL_TOKENS = (
@@ -75,7 +74,7 @@ def synthetic_corpus(n_items: int = 1200, seed: int = 12345) -> list[str]:
     import yaml
 
     from urt_jax.data.synthetic import SyntheticConfig, make_item
-    from urt_jax.data.templates import DEFAULT_TEMPLATES
+    from urt_jax.resources import DEFAULT_TEMPLATES
 
     texts = []
     template_dir = os.path.dirname(DEFAULT_TEMPLATES)
