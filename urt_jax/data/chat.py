@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from urt_jax.data.records import PreferenceRecord
+from urt_jax.data.records import MEDIA_TAG, PreferenceRecord, check_media_tags
 from urt_jax.data.templates import Templates
 
 IMAGE_PAD, VIDEO_PAD, IM_END = "<|image_pad|>", "<|video_pad|>", "<|im_end|>"
@@ -20,13 +20,36 @@ IMAGE_PAD, VIDEO_PAD, IM_END = "<|image_pad|>", "<|video_pad|>", "<|im_end|>"
 def build_messages(
     record: PreferenceRecord, templates: Templates, include_reply: bool = True
 ) -> list[dict]:
-    """HF chat messages: one user turn (media first, then the task text) and the reply."""
-    content = [{"type": m.kind} for m in record.media]
-    content.append({"type": "text", "text": templates.render(record)})
-    messages = [{"role": "user", "content": content}]
+    """HF chat messages: the record's system prompt (if any), one user turn and the reply.
+
+    The user content holds one ``{"type": "image"}``/``{"type": "video"}`` item per medium, in
+    ``record.media`` order, and the task text: media first, then the text; or, when a released
+    user text carries ``<image>``/``<video>`` tags, the media at the tags' places with the text
+    between them kept verbatim (as LLaMA-Factory renders such a text).
+    """
+    messages = []
+    if record.system is not None:
+        messages.append({"role": "system", "content": record.system})
+    messages.append({"role": "user", "content": user_content(record, templates.render(record))})
     if include_reply and record.reply is not None:
         messages.append({"role": "assistant", "content": record.reply})
     return messages
+
+
+def user_content(record: PreferenceRecord, text: str) -> list[dict]:
+    """The user turn's content items for ``text``: interleaved at its tags when the record's
+    text came from the source (``user_text``) and has tags, else media first."""
+    kinds = tuple(m.kind for m in record.media)
+    if record.user_text is None or not MEDIA_TAG.search(text):
+        return [{"type": k} for k in kinds] + [{"type": "text", "text": text}]
+    check_media_tags(text, kinds, record.source or record.id)
+    content = []
+    for i, piece in enumerate(MEDIA_TAG.split(text)):
+        if i % 2:  # the split keeps each tag's kind at the odd places
+            content.append({"type": piece})
+        elif piece:
+            content.append({"type": "text", "text": piece})
+    return content
 
 
 def expand_placeholders(text: str, image_tokens: Sequence[int], video_tokens: Sequence[int]) -> str:

@@ -11,6 +11,8 @@ import dataclasses
 import re
 from typing import Literal
 
+from urt_jax.rewards import ANSWER_PATTERN, extract_answer
+
 TaskKind = Literal[
     "image_generation", "video_generation", "image_understanding", "video_understanding"
 ]
@@ -31,6 +33,15 @@ PAIRWISE_VERDICTS: dict[str, tuple[str, str]] = {
 }
 POINTWISE_PATTERN = re.compile(r"^Score: (10|[1-9])$")
 TIE = "tie"  # evaluation sets may mark ties; never a training target
+ACCEPTED_VERDICTS = (
+    ", ".join(
+        repr(v) for v in dict.fromkeys(v for pair in PAIRWISE_VERDICTS.values() for v in pair)
+    )
+    + ", or 'Score: N' with N from 1 to 10"
+)
+
+# Where each medium goes in a released user text (LLaMA-Factory's convention).
+MEDIA_TAG = re.compile(r"<(image|video)>")
 
 
 class RecordError(ValueError):
@@ -63,8 +74,10 @@ class PreferenceRecord:
     for understanding tasks the single image/video the question is about. ``answers`` are the
     candidate answers of understanding tasks. ``prompt`` is the caption or question.
     ``user_text`` is set instead of rendering a template when the source already carries the full
-    user prompt (the released SFT and GRPO formats). ``reply`` is the assistant's reply for
-    supervised data (``<think>...</think>\\n<answer>...</answer>``).
+    user prompt (the released SFT and GRPO formats); its ``<image>``/``<video>`` tags, when it has
+    any, mark where each medium goes (one tag per medium, in ``media`` order). ``reply`` is the
+    assistant's reply for supervised data (``<think>...</think>\\n<answer>...</answer>``); its
+    first ``<answer>`` must hold the verdict. ``system`` is an optional system prompt.
     """
 
     id: str
@@ -77,6 +90,7 @@ class PreferenceRecord:
     user_text: str | None = None
     reply: str | None = None
     source: str = ""  # "file:line" for error messages
+    system: str | None = None  # a system prompt, rendered as a system turn before the user turn
 
     def validate(self) -> PreferenceRecord:
         where = self.source or self.id
@@ -96,7 +110,11 @@ class PreferenceRecord:
         kind = "video" if self.task.startswith("video") else "image"
         if any(m.kind != kind for m in self.media):
             raise RecordError(f"{where}: a {self.task} item takes {kind}s only")
-        if self.user_text is None:
+        if self.reply is not None:
+            _check_reply(self.reply, self.verdict, where)
+        if self.user_text is not None:
+            check_media_tags(self.user_text, tuple(m.kind for m in self.media), where)
+        else:
             n_media, n_answers = expected_counts(self.task, self.mode)
             if len(self.media) != n_media:
                 raise RecordError(
@@ -129,6 +147,42 @@ class PreferenceRecord:
         if self.task.endswith("generation"):
             return dataclasses.replace(self, media=self.media[::-1], verdict=verdict)
         return dataclasses.replace(self, answers=self.answers[::-1], verdict=verdict)
+
+
+def _check_reply(reply: str, verdict: str, where: str) -> None:
+    """The reply's verdict, read as the accuracy reward reads it (``extract_answer``: the first
+    ``<answer>`` text stripped, or the whole reply stripped without one), is the record's."""
+    answer = extract_answer(reply)
+    if answer == verdict:
+        return
+    if ANSWER_PATTERN.search(reply) is None:
+        raise RecordError(
+            f"{where}: the reply has no <answer>...</answer> with the verdict {verdict!r}"
+        )
+    raise RecordError(
+        f"{where}: the reply's <answer> {answer!r} disagrees with the verdict {verdict!r}"
+    )
+
+
+def media_tags(text: str) -> tuple[str, ...]:
+    """The kinds of the ``<image>``/``<video>`` tags of a text, in order."""
+    return tuple(MEDIA_TAG.findall(text))
+
+
+def check_media_tags(text: str, kinds: tuple[str, ...], where: str) -> None:
+    """A text with tags has one tag per medium, of its kind and in order; no tags is fine (the
+    media then come first)."""
+    tags = media_tags(text)
+    if not tags or tags == kinds:
+        return
+    for kind in ("image", "video"):
+        n_tags, n_media = tags.count(kind), kinds.count(kind)
+        if n_tags != n_media:
+            raise RecordError(
+                f"{where}: the text has {n_tags} <{kind}> tag(s) but the record has "
+                f"{n_media} {kind}(s); give one tag per {kind}, or none to put the media first"
+            )
+    raise RecordError(f"{where}: the <image>/<video> tags are not in the order of the media")
 
 
 def allowed_verdicts(task: str, mode: str) -> tuple[str, ...]:
