@@ -61,7 +61,8 @@ def test_three_formats_parse(root):
     )
     sft, grpo, native = list(read_records(path))
     assert isinstance(sft, PreferenceRecord) and sft.task == "image_generation"
-    assert sft.user_text == "Compare. Caption: x" and sft.reply == REPLY
+    # the tags stay in the text and mark where each image goes
+    assert sft.user_text == "<image>\n<image>\nCompare. Caption: x" and sft.reply == REPLY
     assert sft.verdict == "Image 1 is better" and len(sft.media) == 2
     assert grpo.task == "video_understanding" and grpo.media[0].frames is not None
     assert native.answers == ("Red.", "Blue.") and native.source.endswith("mixed.jsonl:3")

@@ -1,7 +1,9 @@
-"""``urt-jax data check FILE``: every problem of a data file, each with its line.
+"""``urt-jax data check FILE``: every problem of a data file (or of every file a dataset YAML
+lists), each with its file and line.
 
-Checks: malformed JSON, missing or mistyped fields, verdicts outside the allowed strings, media
-paths that escape the data root, missing or undecodable media (images opened with a pixel limit),
+Checks: malformed JSON, missing or mistyped fields, verdicts outside the accepted strings,
+multi-turn dialogues, ``<image>``/``<video>`` tags that do not match the media, media paths that
+escape the data root, missing or undecodable media (images opened with a pixel limit),
 and, when a tokenizer is given, samples longer than ``max_length`` after tokenisation.
 """
 

@@ -32,8 +32,9 @@ class InvalidDataError(ValueError):
 def load_records(
     path: str, data_root: str | None = None, skip_invalid: bool = False, max_errors_shown: int = 5
 ) -> list[PreferenceRecord]:
-    """All valid records of a data file. Bad records stop the run unless ``skip_invalid``, which
-    logs how many were dropped and the first errors."""
+    """All valid records of a data file or dataset YAML (each error names its JSON file and
+    line). Bad records stop the run unless ``skip_invalid``, which logs how many were dropped and
+    the first errors."""
     good, bad = [], []
     for item in read_records(path, data_root):
         (bad if isinstance(item, RecordError) else good).append(item)

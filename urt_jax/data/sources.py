@@ -1,4 +1,6 @@
-"""Opening the record source a config names: a data file (JSONL/JSON) or ``tfds:NAME[/SPLIT]``."""
+"""Opening the record source a config names: a data file (JSONL/JSON), a dataset YAML listing
+data files (``datasets: [{json_path, image_folder, sampling_strategy}]``) or
+``tfds:NAME[/SPLIT]``."""
 
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ def open_records(
     tfds_data_dir: str | None = None,
     skip_invalid: bool = False,
 ) -> Sequence[PreferenceRecord]:
-    """A random-access sequence of records. Files are validated up front (bad records stop the
-    run unless skip_invalid); TFDS datasets were validated when they were written."""
+    """A random-access sequence of records. Files and dataset YAMLs are validated up front (bad
+    records stop the run unless skip_invalid); TFDS datasets were validated when they were
+    written. A YAML entry's image_folder overrides ``data_root`` for its file."""
     if spec.startswith("tfds:"):
         name, split = parse_tfds_spec(spec)
         return TFDSRecords(name, split, tfds_data_dir)
