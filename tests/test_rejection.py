@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from urt_jax.data.chat import build_messages
 from urt_jax.data.examples import ExampleBuilder
 from urt_jax.data.pipeline import load_records
 from urt_jax.data.processor import ProcessorConfig
@@ -79,7 +80,10 @@ def test_released_formats_read_back(records, tmp_path):
     back_sft = list(read_records(tmp_path / "sft.jsonl", root))
     back_grpo = list(read_records(tmp_path / "grpo.jsonl", root))
     assert back_sft[0].reply == sft[0][1] and back_sft[0].verdict == recs[0].verdict
-    assert back_sft[0].user_text == templates.render(recs[0])
+    # the SFT text renders to exactly the prompt the record was sampled with
+    prompt = build_messages(recs[0], templates, include_reply=False)
+    assert build_messages(back_sft[0], templates, include_reply=False) == prompt
+    assert back_sft[0].user_text.startswith("<image><image>Compare")
     assert [m.path or m.frames for m in back_sft[0].media] == [
         m.path or m.frames for m in recs[0].media
     ]
@@ -87,6 +91,10 @@ def test_released_formats_read_back(records, tmp_path):
         assert got.verdict == want.verdict and got.task == want.task
         assert got.user_text == templates.render(want)
         assert [m.path or m.frames for m in got.media] == [m.path or m.frames for m in want.media]
+        assert build_messages(got, templates, False) == build_messages(want, templates, False)
+    # the YAML beside each file finds the media without a data root
+    for name, back in (("sft", back_sft), ("grpo", back_grpo)):
+        assert list(read_records(tmp_path / f"{name}.yaml")) == back
 
 
 def test_generation_with_a_model(records):

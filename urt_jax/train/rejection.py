@@ -1,16 +1,19 @@
 """Rejection sampling: K completions per prompt from the cold-started model; the correct ones
 become SFT data for the second supervised pass, the prompts answered wrongly become GRPO data.
 Both files are written in the released formats (SFT: ``conversations`` + media; GRPO:
-``problem`` + ``solution`` + media), with media paths relative to the data root."""
+``problem`` + ``solution`` + media), with media paths relative to the data root, each with a
+dataset YAML beside it that names that root, so the next stage finds the media from the YAML
+alone."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Sequence
 
-from urt_jax.data.readers import write_jsonl
-from urt_jax.data.records import PreferenceRecord
+from urt_jax.data.readers import write_dataset_yaml, write_jsonl
+from urt_jax.data.records import MEDIA_TAG, PreferenceRecord
 from urt_jax.generate.prompts import complete
 from urt_jax.rewards import accuracy_reward, format_reward
 
@@ -113,6 +116,31 @@ def _media_fields(record: PreferenceRecord, data_root: str) -> dict:
     return fields
 
 
+def _tags(record: PreferenceRecord) -> str:
+    return "".join(f"<{m.kind}>" for m in record.media)
+
+
+def sft_user_text(record: PreferenceRecord, templates) -> str:
+    """The SFT file's user text: renders to exactly the prompt the record was sampled with. A
+    text with tags is kept as it is; otherwise the tags go first with nothing between them,
+    which puts the media first, as the sampling prompt does."""
+    text = templates.render(record)
+    if record.user_text is not None and MEDIA_TAG.search(text):
+        return text
+    return _tags(record) + text
+
+
+def grpo_problem(record: PreferenceRecord, templates) -> str:
+    """The GRPO file's problem: the text without tags (the release's GRPO loader puts the media
+    first itself). A text whose tags sit anywhere but in a leading run is kept with its tags,
+    since removing them would change the prompt."""
+    text = templates.render(record)
+    if record.user_text is None:
+        return text
+    rest = re.sub(r"^(?:<image>|<video>)+", "", text)
+    return text if MEDIA_TAG.search(rest) else rest
+
+
 def write_released_formats(
     sft: Sequence[tuple[PreferenceRecord, str]],
     grpo: Sequence[PreferenceRecord],
@@ -120,11 +148,15 @@ def write_released_formats(
     data_root: str,
     sft_path: str,
     grpo_path: str,
+    write_yaml: bool = True,
 ) -> None:
-    """The SFT pairs and GRPO prompts as JSONL in the released formats (atomic writes)."""
+    """The SFT pairs and GRPO prompts as JSONL in the released formats (atomic writes), and with
+    ``write_yaml`` a dataset YAML beside each (``sft.jsonl`` -> ``sft.yaml``) naming the file and
+    the absolute data root as its image_folder. A record's system prompt is written as the first
+    turn (SFT) or the ``system`` field (GRPO)."""
 
-    def marks(record: PreferenceRecord) -> str:
-        return "".join("<image>\n" if m.kind == "image" else "<video>\n" for m in record.media)
+    def system_turn(record: PreferenceRecord) -> list[dict]:
+        return [{"from": "system", "value": record.system}] if record.system is not None else []
 
     write_jsonl(
         sft_path,
@@ -132,7 +164,8 @@ def write_released_formats(
             {
                 "id": r.id,
                 "conversations": [
-                    {"from": "human", "value": marks(r) + templates.render(r)},
+                    *system_turn(r),
+                    {"from": "human", "value": sft_user_text(r, templates)},
                     {"from": "gpt", "value": completion},
                 ],
                 **_media_fields(r, data_root),
@@ -145,10 +178,16 @@ def write_released_formats(
         [
             {
                 "id": r.id,
-                "problem": marks(r) + templates.render(r),
+                **({"system": r.system} if r.system is not None else {}),
+                "problem": grpo_problem(r, templates),
                 "solution": r.verdict,
                 **_media_fields(r, data_root),
             }
             for r in grpo
         ],
     )
+    if write_yaml:
+        root = os.path.abspath(data_root)
+        for path in (sft_path, grpo_path):
+            yaml_path = os.path.splitext(path)[0] + ".yaml"
+            write_dataset_yaml(yaml_path, os.path.abspath(path), root)
