@@ -14,6 +14,7 @@ from tests.processes import hf_params, run_distributed, run_together
 from urt_jax.data.synthetic import SyntheticConfig, write_synthetic
 from urt_jax.model.config import Qwen25VLConfig
 from urt_jax.model.hf import save_pretrained
+from urt_jax.resources import DEMO_TOKENIZER_DIR
 from urt_jax.sharding.init import init_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +28,7 @@ def config_path(tmp_path_factory):
         str(out / "data"), n_train=8, n_heldout=1, seed=5, cfg=SyntheticConfig(image_size=56)
     )
     config = Qwen25VLConfig.from_yaml(os.path.join(ROOT, "configs", "model", "tiny.yaml"))
-    save_pretrained(init_model(config, seed=0), str(out / "policy"))
+    save_pretrained(init_model(config, seed=0), str(out / "policy"), source_dir=DEMO_TOKENIZER_DIR)
     cfg = {
         "seed": 0,
         "model": {"hf_dir": str(out / "policy")},

@@ -12,6 +12,7 @@ from urt_jax.data.records import RecordError
 from urt_jax.data.synthetic import SyntheticConfig, write_synthetic
 from urt_jax.model.config import Qwen25VLConfig
 from urt_jax.model.hf import save_pretrained
+from urt_jax.resources import DEMO_TOKENIZER_DIR
 from urt_jax.score import read_items
 from urt_jax.sharding.init import init_model
 
@@ -32,7 +33,7 @@ def items(tmp_path_factory):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     model_dir = str(out / "model")
     config = Qwen25VLConfig.from_yaml(os.path.join(ROOT, "configs", "model", "tiny.yaml"))
-    save_pretrained(init_model(config, seed=0), model_dir)
+    save_pretrained(init_model(config, seed=0), model_dir, source_dir=DEMO_TOKENIZER_DIR)
     return str(path), model_dir, rows
 
 

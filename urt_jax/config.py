@@ -51,10 +51,13 @@ class DataSection:
     data_root: str | None = None  # media paths are relative to it (default: the file's dir)
     tfds_data_dir: str | None = None
     templates: str = "configs/templates/unifiedreward_think.yaml"
-    tokenizer: str | None = None  # an HF tokenizer dir; default: the shipped demo tokenizer
+    # an HF tokenizer dir; default: the model's (model.hf_dir), else the shipped demo tokenizer
+    tokenizer: str | None = None
     max_length: int = 2048
-    min_pixels: int = 3136
-    max_pixels: int = 147456  # 384 x 384, as the released Qwen-path training
+    # image and video-frame pixel limits; default: the model's preprocessor_config.json (the
+    # Hub's: 3136 and 12845056). The released Qwen-path training used max_pixels 147456 (384^2).
+    min_pixels: int | None = None
+    max_pixels: int | None = None
     max_frames: int = 8
     swap_probability: float = 0.0
     skip_invalid: bool = False

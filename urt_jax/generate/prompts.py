@@ -33,8 +33,11 @@ def processor_batch(examples: Sequence[dict], pad_id: int) -> dict[str, np.ndarr
     return batch
 
 
-def end_of_turn_ids(tokenizer) -> list[int]:
-    return [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+def end_of_turn_ids(tokenizer, to_example=None) -> list[int]:
+    """Where generation stops: the example builder's (the checkpoint's generation_config.json
+    eos ids with <|im_end|>), else <|im_end|>."""
+    ids = getattr(to_example, "eos_token_ids", None)
+    return list(ids) if ids else [tokenizer.convert_tokens_to_ids("<|im_end|>")]
 
 
 def prompt_examples(
@@ -73,12 +76,13 @@ def complete(
     reply_prefix: str = "",
 ) -> list[list[str]]:
     """``num_samples`` completions per record, as text (``reply_prefix`` included), generated in
-    chunks of ``batch_size`` prompts until <|im_end|>. ``to_example`` must build prompt-only
-    examples; the records' own replies are ignored; ``reply_prefix`` starts every reply."""
+    chunks of ``batch_size`` prompts until an end-of-turn id (``end_of_turn_ids``).
+    ``to_example`` must build prompt-only examples; the records' own replies are ignored;
+    ``reply_prefix`` starts every reply."""
     from urt_jax.generate.sampler import sample
 
     prefix_ids = np.asarray(tokenizer(reply_prefix, add_special_tokens=False)["input_ids"])
-    eos = end_of_turn_ids(tokenizer)
+    eos = end_of_turn_ids(tokenizer, to_example)
     pad = tokenizer.pad_token_id or 0
     out: list[list[str]] = []
     for start in range(0, len(records), batch_size):

@@ -123,7 +123,7 @@ def rollout(
     """G completions per prompt from the current policy, their rewards and group advantages."""
     t0 = time.perf_counter()
     pad = tokenizer.pad_token_id or 0
-    eos = end_of_turn_ids(tokenizer)
+    eos = end_of_turn_ids(tokenizer, to_example)
     examples = prompt_examples(records, to_example)
     batch = processor_batch(examples, pad)
     out = sample(
