@@ -24,89 +24,135 @@ def _convert(args: argparse.Namespace) -> None:
 def _data_check(args: argparse.Namespace) -> int:
     from urt_jax.data.check import check_file
 
-    builder = None
-    if args.tokenizer or args.max_length:
-        from urt_jax.data.examples import ExampleBuilder
-        from urt_jax.data.processor import ProcessorConfig
-        from urt_jax.data.templates import Templates
-        from urt_jax.data.tokenizer import ASSET_DIR, load_tokenizer
-        from urt_jax.model.config import Qwen25VLConfig
-
-        builder = ExampleBuilder(
-            tokenizer=load_tokenizer(args.tokenizer or ASSET_DIR),
-            templates=Templates.load(args.templates) if args.templates else Templates.load(),
-            model_config=Qwen25VLConfig.from_yaml(args.model_config),
-            processor=ProcessorConfig.with_limits(
-                args.min_pixels, args.max_pixels, args.max_frames
-            ),
-            max_length=args.max_length,
-            max_image_pixels=args.max_image_pixels,
-        )
-    report = check_file(args.file, args.data_root, builder, args.max_image_pixels, args.max_frames)
+    builder, max_frames, data_root = _check_builder(args)
+    report = check_file(args.file, data_root, builder, args.max_image_pixels, max_frames)
     for problem in report.problems:
         print(problem)
     status = "OK" if report.ok else f"{len(report.problems)} problem(s)"
+    lengths = getattr(report, "lengths", None)
+    if lengths:
+        status += (
+            f"; {min(lengths)}-{max(lengths)} tokens per record "
+            f"({sum(lengths) / len(lengths):.0f} on average)"
+        )
     print(f"{args.file}: {report.records} record(s) checked, {status}")
     return 0 if report.ok else 1
 
 
-def _sft(args: argparse.Namespace) -> None:
+def _check_builder(args: argparse.Namespace):
+    """(example builder or None, max frames, data root) for `data check`: a run config's (its
+    model's tokenizer and pixel settings, its templates, max_length and data root), a
+    checkpoint's, or the flags'."""
+    from urt_jax.data.examples import ExampleBuilder, run_processor
+    from urt_jax.data.templates import Templates
+    from urt_jax.model.config import Qwen25VLConfig
+
+    if args.config:
+        from urt_jax.config import load_run_config
+
+        cfg = load_run_config(args.config, args.overrides)
+        model_dir = args.model or cfg.model.hf_dir
+        if model_dir:
+            model_config = Qwen25VLConfig.from_hf_file(model_dir)
+        else:
+            model_config = Qwen25VLConfig.from_yaml(cfg.model.config)
+        processor = run_processor(cfg.data, model_dir)
+        processor.max_image_pixels = args.max_image_pixels
+        builder = ExampleBuilder.for_processor(
+            processor,
+            Templates.load(args.templates or cfg.data.templates),
+            model_config,
+            max_length=args.max_length or cfg.data.max_length,
+        )
+        return builder, processor.pixels.max_frames, args.data_root or cfg.data.data_root
+    if args.overrides:
+        raise ValueError(f"key=value overrides {args.overrides} need --config")
+    if not (args.model or args.tokenizer or args.max_length):
+        return None, args.max_frames or 8, args.data_root
+    from urt_jax.data.vl_processor import Processor
+
+    source = args.model or args.tokenizer
+    processor = Processor.from_pretrained(
+        source,
+        tokenizer=args.tokenizer,
+        min_pixels=args.min_pixels,
+        max_pixels=args.max_pixels,
+        max_frames=args.max_frames,
+    )
+    processor.max_image_pixels = args.max_image_pixels
+    model_config = (
+        Qwen25VLConfig.from_hf_file(args.model)
+        if args.model
+        else Qwen25VLConfig.from_yaml(args.model_config)
+    )
+    builder = ExampleBuilder.for_processor(
+        processor,
+        Templates.load(args.templates) if args.templates else Templates.load(),
+        model_config,
+        max_length=args.max_length,
+    )
+    return builder, processor.pixels.max_frames, args.data_root
+
+
+def _config(args: argparse.Namespace):
     from urt_jax.config import load_run_config
+
+    return load_run_config(args.config, args.overrides)
+
+
+def _sft(args: argparse.Namespace) -> None:
     from urt_jax.train.run_sft import run_sft
 
-    cfg = load_run_config(args.config, args.overrides)
-    result = run_sft(cfg, cfg.output_dir)
+    cfg = _config(args)
+    result = run_sft(cfg, cfg.output_dir, hf_dir=args.model)
     print(
         f"sft: {result['steps']} steps (resumed from {result['resumed_from']}); "
         f"final loss {result['final'].get('loss')}; model in {cfg.output_dir}/hf"
     )
 
 
+def _model_dir(args: argparse.Namespace, cfg, command: str) -> str:
+    model_dir = args.model or cfg.model.hf_dir
+    if not model_dir:
+        raise ValueError(f"{command} needs a model: --model DIR or model.hf_dir")
+    return model_dir
+
+
 def _eval(args: argparse.Namespace) -> None:
     import os
 
-    from urt_jax.config import load_run_config
-    from urt_jax.data.sources import open_records
     from urt_jax.evaluate import markdown_table
     from urt_jax.pipeline import evaluate_model
+    from urt_jax.run_inputs import heldout_records
 
-    cfg = load_run_config(args.config, args.overrides)
-    model_dir = args.model or cfg.model.hf_dir
-    if not model_dir or cfg.data.heldout is None:
-        raise ValueError("eval needs a model (--model or model.hf_dir) and data.heldout")
-    records = open_records(
-        cfg.data.heldout, cfg.data.data_root, cfg.data.tfds_data_dir, cfg.data.skip_invalid
-    )
-    summary = evaluate_model(cfg, model_dir, records, os.path.join(cfg.output_dir, "eval"))
+    cfg = _config(args)
+    model_dir = _model_dir(args, cfg, "eval")
+    out = os.path.join(cfg.output_dir, "eval")
+    summary = evaluate_model(cfg, model_dir, heldout_records(cfg), out)
     print(markdown_table(summary), end="")
+    print(f"judgements and report in {out}")
 
 
 def _sample(args: argparse.Namespace) -> None:
     import json
     import os
 
-    from urt_jax.config import load_run_config
-    from urt_jax.data.sources import open_records
-    from urt_jax.pipeline import rejection_sample, train_data_root
+    from urt_jax.pipeline import rejection_sample
+    from urt_jax.run_inputs import train_data_root, train_records
 
-    cfg = load_run_config(args.config, args.overrides)
-    model_dir = args.model or cfg.model.hf_dir
-    if not model_dir:
-        raise ValueError("sample needs a model (--model or model.hf_dir)")
-    d = cfg.data
-    records = open_records(d.train, d.data_root, d.tfds_data_dir, d.skip_invalid)
-    root = train_data_root(cfg, None)
+    cfg = _config(args)
+    model_dir = _model_dir(args, cfg, "sample")
     out = os.path.join(cfg.output_dir, "rejection_sampling")
-    print(json.dumps(rejection_sample(cfg, model_dir, records, root, out), indent=2))
+    stats = rejection_sample(cfg, model_dir, train_records(cfg), train_data_root(cfg), out)
+    print(json.dumps(stats, indent=2))
+    print(f"SFT samples and GRPO prompts in {out} (sft.yaml, grpo.yaml)")
 
 
 def _grpo(args: argparse.Namespace) -> None:
-    from urt_jax.config import load_run_config
     from urt_jax.train.run_grpo import run_grpo
 
-    cfg = load_run_config(args.config, args.overrides)
-    if not (args.model or cfg.model.hf_dir):
-        raise ValueError("grpo needs a starting policy (--model or model.hf_dir)")
+    cfg = _config(args)
+    _model_dir(args, cfg, "grpo")
     result = run_grpo(cfg, cfg.output_dir, hf_dir=args.model)
     final = result["final"]
     print(
@@ -118,22 +164,33 @@ def _grpo(args: argparse.Namespace) -> None:
 def _score(args: argparse.Namespace) -> None:
     import json
 
-    from urt_jax.config import RunConfig, load_run_config
+    from urt_jax.config import RunConfig
     from urt_jax.score import score_file
 
-    cfg = load_run_config(args.config, args.overrides) if args.config else RunConfig()
-    model_dir = args.model or cfg.model.hf_dir
-    if not model_dir:
-        raise ValueError("score needs a model (--model or model.hf_dir in --config)")
+    if args.overrides and not args.config:
+        raise ValueError(f"key=value overrides {args.overrides} need --config")
+    cfg = _config(args) if args.config else RunConfig()
+    model_dir = _model_dir(args, cfg, "score")
     summary = score_file(cfg, model_dir, args.input, args.output, args.data_root)
     print(json.dumps(summary, indent=2))
 
 
 def _run(args: argparse.Namespace) -> None:
-    from urt_jax.config import load_run_config
     from urt_jax.pipeline import run
 
-    run(load_run_config(args.config, args.overrides))
+    run(_config(args), redo=args.redo)
+
+
+OVERRIDES_HELP = "key=value config overrides (dotted keys, YAML values), anywhere on the line"
+
+
+def _stage_command(sub, name: str, help: str, func, model_help: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help)
+    p.add_argument("config", help="run config (YAML); a shipped one such as configs/demo.yaml")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.add_argument("--model", default=None, help=model_help)
+    p.set_defaults(func=func)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,32 +198,43 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the stages a config declares (resumable)")
-    run.add_argument("config")
-    run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=1")
+    run.add_argument("config", help="run config (YAML); a shipped one such as configs/demo.yaml")
+    run.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    run.add_argument(
+        "--redo",
+        action="store_true",
+        help="run again a finished stage whose settings changed, and every stage after it",
+    )
     run.set_defaults(func=_run)
 
-    sft = sub.add_parser("sft", help="supervised fine-tuning (cold start / rejection-sampling SFT)")
-    sft.add_argument("config")
-    sft.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=10")
-    sft.set_defaults(func=_sft)
-
-    rs = sub.add_parser("sample", help="rejection sampling: SFT data and GRPO prompts")
-    rs.add_argument("config")
-    rs.add_argument("overrides", nargs="*")
-    rs.add_argument("--model", default=None, help="HF model directory (default: model.hf_dir)")
-    rs.set_defaults(func=_sample)
-
-    gr = sub.add_parser("grpo", help="GRPO on the prompts of grpo.data (resumable)")
-    gr.add_argument("config")
-    gr.add_argument("overrides", nargs="*")
-    gr.add_argument("--model", default=None, help="HF policy directory (default: model.hf_dir)")
-    gr.set_defaults(func=_grpo)
-
-    ev = sub.add_parser("eval", help="accuracy on a preference set, both candidate orders")
-    ev.add_argument("config")
-    ev.add_argument("overrides", nargs="*")
-    ev.add_argument("--model", default=None, help="HF model directory (default: model.hf_dir)")
-    ev.set_defaults(func=_eval)
+    _stage_command(
+        sub,
+        "sft",
+        "supervised fine-tuning (cold start / rejection-sampling SFT)",
+        _sft,
+        "HF checkpoint to start from (default: model.hf_dir, else a random model.config)",
+    )
+    _stage_command(
+        sub,
+        "sample",
+        "rejection sampling: SFT data and GRPO prompts",
+        _sample,
+        "HF model directory (default: model.hf_dir)",
+    )
+    _stage_command(
+        sub,
+        "grpo",
+        "GRPO on the prompts of grpo.data (resumable)",
+        _grpo,
+        "HF policy directory (default: model.hf_dir)",
+    )
+    _stage_command(
+        sub,
+        "eval",
+        "accuracy on a preference set, both candidate orders",
+        _eval,
+        "HF model directory (default: model.hf_dir)",
+    )
 
     sc = sub.add_parser("score", help="judge the items of a data file; verdicts and CoT as JSONL")
     sc.add_argument("input", help="items to judge (any data format; native items need no verdict)")
@@ -192,7 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="data tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     check = data_sub.add_parser("check", help="validate a data file; every problem with its line")
-    check.add_argument("file")
+    check.add_argument("file", help="a data file (JSONL, JSON array) or a dataset YAML")
+    check.add_argument(
+        "--config",
+        default=None,
+        help="vet the file as this run config's run sees it: its model's tokenizer and pixel "
+        "settings, its templates and data.max_length",
+    )
+    check.add_argument("overrides", nargs="*", help="key=value overrides of --config")
+    check.add_argument(
+        "--model", default=None, help="HF checkpoint whose tokenizer and pixel settings to use"
+    )
     check.add_argument(
         "--data-root",
         default=None,
@@ -204,9 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--model-config", default=TINY_MODEL_CONFIG)
     check.add_argument("--templates", default=None)
     check.add_argument("--max-length", type=int, default=None)
-    check.add_argument("--min-pixels", type=int, default=3136)
-    check.add_argument("--max-pixels", type=int, default=12845056)
-    check.add_argument("--max-frames", type=int, default=8)
+    check.add_argument("--min-pixels", type=int, default=None)
+    check.add_argument("--max-pixels", type=int, default=None)
+    check.add_argument("--max-frames", type=int, default=None)
     check.add_argument(
         "--max-image-pixels",
         type=int,
@@ -215,6 +293,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=_data_check)
     return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parses the command line, with key=value overrides accepted anywhere on it (argparse alone
+    takes them only before the first option)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+    unknown = [a for a in extra if a not in overrides]
+    if unknown or (overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    return args
 
 
 def _setup_logging() -> None:
@@ -231,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         from urt_jax.hugepages import reexec_with_hugepages
 
         reexec_with_hugepages()
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     _setup_logging()
     try:
         status = args.func(args)

@@ -11,12 +11,12 @@ import numpy as np
 from urt_jax.config import RunConfig, RunConfigError
 from urt_jax.data.examples import builder_from_config
 from urt_jax.data.sources import open_records
-from urt_jax.model.hf import save_pretrained
+from urt_jax.run_settings import check_directory, settings_of
 from urt_jax.sharding.mesh import initialize_distributed, make_mesh, writes_here
 from urt_jax.train.checkpoint import Checkpointer
 from urt_jax.train.grpo import GRPOTrainer
 from urt_jax.train.metrics import MetricsLogger
-from urt_jax.train.run_sft import load_model
+from urt_jax.train.run_sft import export_model, load_model
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +52,19 @@ def run_grpo(
     spec = prompts_spec or g.data
     if spec is None:
         raise RunConfigError("grpo.data: set the GRPO prompts file (or run the 'sample' stage)")
+    hf_dir = hf_dir or cfg.model.hf_dir
     initialize_distributed(cfg.mesh)
+    settings = settings_of(
+        cfg, ("seed", "model", "data", "train", "grpo"), inputs={"prompts": spec, "model": hf_dir}
+    )
+    check_directory(out_dir, settings, "a GRPO run", writes_here())
     mesh = make_mesh(cfg.mesh)
     model = load_model(cfg, mesh, hf_dir)
     d = cfg.data
     records = open_records(spec, data_root or d.data_root, d.tfds_data_dir, d.skip_invalid)
     if len(records) == 0:
         raise RunConfigError(f"grpo: no prompts in {spec}")
-    builder = builder_from_config(d, model.config, cfg.seed, include_reply=False)
+    builder = builder_from_config(d, model.config, cfg.seed, include_reply=False, model_dir=hf_dir)
     trainer = GRPOTrainer(model, mesh, cfg.train, g, cfg.seed)
     del model
     ckpt = Checkpointer(
@@ -99,9 +104,7 @@ def run_grpo(
     finally:
         ckpt.close()
         logger.close()
-    save_pretrained(
-        trainer.model(), os.path.join(out_dir, "hf"), source_dir=hf_dir or cfg.model.hf_dir
-    )
+    export_model(trainer.model(), os.path.join(out_dir, "hf"), hf_dir, builder.chat)
     return {"steps": g.max_steps, "resumed_from": start, "final": last}
 
 

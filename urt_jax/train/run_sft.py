@@ -12,10 +12,19 @@ from urt_jax.data.batching import Buckets
 from urt_jax.data.examples import builder_from_config
 from urt_jax.data.pipeline import PipelineOptions, make_dataset
 from urt_jax.data.sources import open_records
+from urt_jax.data.vl_processor import has_tokenizer
 from urt_jax.model.config import Qwen25VLConfig
 from urt_jax.model.hf import from_pretrained, save_pretrained
+from urt_jax.run_inputs import train_source
+from urt_jax.run_settings import check_directory, settings_of
 from urt_jax.sharding.init import init_model
-from urt_jax.sharding.mesh import batch_ways, initialize_distributed, make_mesh, writes_here
+from urt_jax.sharding.mesh import (
+    batch_ways,
+    initialize_distributed,
+    make_mesh,
+    wait_for_writer,
+    writes_here,
+)
 from urt_jax.train.checkpoint import Checkpointer
 from urt_jax.train.metrics import MetricsLogger
 from urt_jax.train.sft import SFTTrainer
@@ -35,27 +44,6 @@ def load_model(cfg: RunConfig, mesh, hf_dir: str | None = None):
     )
 
 
-def synthetic_train_file(cfg: RunConfig, out_dir: str) -> str:
-    from urt_jax.data.synthetic import SyntheticConfig, write_synthetic
-
-    path = os.path.join(out_dir, "data", "train.jsonl")
-    if not os.path.exists(path):
-        s = cfg.data.synthetic
-        write_synthetic(
-            os.path.join(out_dir, "data"),
-            s.n_train,
-            s.n_heldout,
-            cfg.seed,
-            SyntheticConfig(
-                image_size=s.image_size,
-                num_frames=s.num_frames,
-                pointwise_fraction=s.pointwise_fraction,
-                trace=s.trace,
-            ),
-        )
-    return path
-
-
 def run_sft(
     cfg: RunConfig,
     out_dir: str,
@@ -63,9 +51,19 @@ def run_sft(
     hf_dir: str | None = None,
     data_root: str | None = None,
 ) -> dict:
-    """Trains for train.max_steps optimiser steps, resuming from the newest complete checkpoint
-    in {out_dir}/checkpoints; writes metrics and, at the end, {out_dir}/hf."""
+    """Trains for train.max_steps optimiser steps on ``train_spec`` (default: data.train, the
+    synthetic task generated if need be) from ``hf_dir`` (default: model.hf_dir, else a random
+    init of model.config), resuming from the newest complete checkpoint in {out_dir}/checkpoints
+    when it was made with the same settings; writes metrics and, at the end, {out_dir}/hf with
+    the tokenizer and processor files."""
+    hf_dir = hf_dir or cfg.model.hf_dir
+    if train_spec is None:
+        train_spec, data_root = train_source(cfg)
     initialize_distributed(cfg.mesh)
+    settings = settings_of(
+        cfg, ("seed", "model", "data", "train"), inputs={"train": train_spec, "model": hf_dir}
+    )
+    check_directory(out_dir, settings, "an SFT run", writes_here())
     mesh = make_mesh(cfg.mesh)
     model = load_model(cfg, mesh, hf_dir)
     data, train = cfg.data, cfg.train
@@ -76,9 +74,9 @@ def run_sft(
             f"data.batch_size {data.batch_size} must divide by data*fsdp = "
             f"{ways} and by the {n_proc} processes"
         )
-    builder = builder_from_config(data, model.config, cfg.seed)
+    builder = builder_from_config(data, model.config, cfg.seed, model_dir=hf_dir)
     records = open_records(
-        train_spec or data.train, data_root or data.data_root, data.tfds_data_dir, data.skip_invalid
+        train_spec, data_root or data.data_root, data.tfds_data_dir, data.skip_invalid
     )
     options = PipelineOptions(
         batch_size=data.batch_size // n_proc,
@@ -86,8 +84,7 @@ def run_sft(
         num_epochs=None,
         buckets=Buckets(lengths=tuple(data.bucket_lengths)),
     )
-    pad_id = builder.tokenizer.pad_token_id or 0
-    dataset = make_dataset(records, builder, model.config, options, pad_id)
+    dataset = make_dataset(records, builder, model.config, options, builder.chat.pad_token_id)
     trainer = SFTTrainer(model, mesh, train, train.max_steps, cfg.seed)
     del model
     log.info(
@@ -123,7 +120,14 @@ def run_sft(
     finally:
         ckpt.close()
         logger.close()
-    save_pretrained(
-        trainer.model(), os.path.join(out_dir, "hf"), source_dir=hf_dir or cfg.model.hf_dir
-    )
+    export_model(trainer.model(), os.path.join(out_dir, "hf"), hf_dir, builder.chat)
     return {"steps": train.max_steps, "resumed_from": start, "final": last}
+
+
+def export_model(model, out_dir: str, source_dir: str | None, processor) -> None:
+    """The trained model as an HF directory with the tokenizer and processor files: the source
+    checkpoint's, or for a randomly initialised model those of ``processor``."""
+    save_pretrained(model, out_dir, source_dir=source_dir)
+    if writes_here() and not has_tokenizer(out_dir):
+        processor.save_pretrained(out_dir)
+    wait_for_writer(f"processor files {out_dir}")
