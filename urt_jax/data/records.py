@@ -76,8 +76,9 @@ class PreferenceRecord:
     ``user_text`` is set instead of rendering a template when the source already carries the full
     user prompt (the released SFT and GRPO formats); its ``<image>``/``<video>`` tags, when it has
     any, mark where each medium goes (one tag per medium, in ``media`` order). ``reply`` is the
-    assistant's reply for supervised data (``<think>...</think>\\n<answer>...</answer>``); its
-    first ``<answer>`` must hold the verdict. ``system`` is an optional system prompt.
+    assistant's reply for supervised data (``<think>...</think>\\n<answer>...</answer>``); the
+    verdict it gives, read as the accuracy reward reads it (``rewards.extract_answer``), must be
+    ``verdict``. ``system`` is an optional system prompt.
     """
 
     id: str
