@@ -3,6 +3,7 @@ system turns, <image>/<video> tags marking where media go, GRPO records with sin
 and video frame lists, exact verdict strings, and the release's dataset YAML."""
 
 import json
+import os
 import random
 
 import pytest
@@ -230,8 +231,8 @@ def test_grpo_singular_image_and_video(root):
     assert record.media == (Media("video", path=str(root / "clip.mp4")),)
     content = build_messages(record, TEMPLATES)[0]["content"]
     assert content == [VIDEO, {"type": "text", "text": "Q?"}]
-    message = _error(root, {"problem": "Q?", "solution": "Answer 1 is better", "image": "f0.png",
-                            "images": ["f1.png"]})  # fmt: skip
+    both = {"image": "f0.png", "images": ["f1.png"]}
+    message = _error(root, {"problem": "Q?", "solution": "Answer 1 is better", **both})
     assert "give 'image' or 'images', not both" in message
 
 
@@ -487,7 +488,7 @@ def test_rejection_output_renders_the_sampled_prompt(root, tmp_path_factory):
             "datasets": [
                 {
                     "json_path": str(out / f"{name}.jsonl"),
-                    "image_folder": str(root),
+                    "image_folder": os.path.realpath(root),
                     "sampling_strategy": "all",
                 }
             ]
@@ -499,3 +500,31 @@ def test_rejection_output_renders_the_sampled_prompt(root, tmp_path_factory):
             assert got.system == want.system and got.verdict == want.verdict
             prompt = build_messages(want, TEMPLATES, include_reply=False)
             assert build_messages(got, TEMPLATES, include_reply=False) == prompt
+
+
+def test_rejection_output_of_yaml_records_with_media_outside_the_data_root(
+    release_tree, monkeypatch
+):
+    """Records read through a YAML whose image folders lie outside the data root (the YAML's
+    directory) are written relative to a folder holding them all, which the YAML names."""
+    configs = release_tree / "configs"
+    configs.mkdir()
+    spec = _yaml(
+        configs / "train.yaml",
+        [
+            {"json_path": "dataset/HPD/grpo.jsonl", "image_folder": "dataset/HPD/images"},
+            {"json_path": "dataset/OIP/grpo.json", "image_folder": "dataset/OIP/images"},
+        ],
+    )
+    monkeypatch.chdir(release_tree)
+    records = load_records(str(spec))
+    out = release_tree / "rs"
+    paths = str(out / "sft.jsonl"), str(out / "grpo.jsonl")
+    write_released_formats([(records[0], REPLY)], records, TEMPLATES, str(configs), *paths)
+    (entry,) = read_dataset_yaml(out / "grpo.yaml")
+    assert entry.image_folder == os.path.realpath(release_tree / "dataset")
+    back = load_records(str(out / "grpo.yaml"))
+    assert [[m.path for m in r.media] for r in back] == [[m.path for m in r.media] for r in records]
+    assert [m.path for m in load_records(str(out / "sft.yaml"))[0].media] == [
+        m.path for m in records[0].media
+    ]

@@ -88,21 +88,43 @@ def generate_completions(
     )
 
 
-def _media_fields(record: PreferenceRecord, data_root: str) -> dict:
-    def rel(p: str) -> str:
-        return os.path.relpath(p, data_root)
-
-    images = [rel(m.path) for m in record.media if m.kind == "image" and m.path]
-    videos = [
-        [rel(f) for f in m.frames] if m.frames is not None else rel(m.path)
+def _media_paths(record: PreferenceRecord) -> list[str]:
+    """The files of a record's media (video frames one by one)."""
+    return [
+        p
         for m in record.media
-        if m.kind == "video"
+        for p in (m.frames if m.frames is not None else (m.path,))
+        if isinstance(p, str)
     ]
+
+
+def media_root(records: Sequence[PreferenceRecord], data_root: str) -> str:
+    """The absolute folder the written media paths are relative to: ``data_root`` when it holds
+    every medium, else the deepest folder that does (records read through a dataset YAML may
+    have their media in image folders outside ``data_root``)."""
+    root = os.path.realpath(data_root)
+    paths = [os.path.realpath(p) for r in records for p in _media_paths(r)]
+    if all(os.path.commonpath([p, root]) == root for p in paths):
+        return root
+    return os.path.commonpath([os.path.dirname(p) for p in paths])
+
+
+def _media_fields(record: PreferenceRecord, root: str) -> dict:
     if any(m.data is not None for m in record.media):
         raise ValueError(
             f"{record.source or record.id}: media held as bytes (e.g. from TFDS) "
             "cannot be written to a JSON data file"
         )
+
+    def rel(p: str) -> str:
+        return os.path.relpath(os.path.realpath(p), root)
+
+    images = [rel(m.path) for m in record.media if m.kind == "image"]
+    videos = [
+        [rel(f) for f in m.frames] if m.frames is not None else rel(m.path)
+        for m in record.media
+        if m.kind == "video"
+    ]
     fields = {}
     if images:
         fields["images"] = images
@@ -151,9 +173,11 @@ def write_released_formats(
     write_yaml: bool = True,
 ) -> None:
     """The SFT pairs and GRPO prompts as JSONL in the released formats (atomic writes), and with
-    ``write_yaml`` a dataset YAML beside each (``sft.jsonl`` -> ``sft.yaml``) naming the file and
-    the absolute data root as its image_folder. A record's system prompt is written as the first
-    turn (SFT) or the ``system`` field (GRPO)."""
+    ``write_yaml`` a dataset YAML beside each (``sft.jsonl`` -> ``sft.yaml``) naming the file and,
+    as its image_folder, the absolute folder the media paths are relative to (``media_root``:
+    the data root, resolved). A record's system prompt is written as the first turn (SFT) or the
+    ``system`` field (GRPO)."""
+    root = media_root([r for r, _ in sft] + list(grpo), data_root)
 
     def system_turn(record: PreferenceRecord) -> list[dict]:
         return [{"from": "system", "value": record.system}] if record.system is not None else []
@@ -168,7 +192,7 @@ def write_released_formats(
                     {"from": "human", "value": sft_user_text(r, templates)},
                     {"from": "gpt", "value": completion},
                 ],
-                **_media_fields(r, data_root),
+                **_media_fields(r, root),
             }
             for r, completion in sft
         ],
@@ -181,13 +205,12 @@ def write_released_formats(
                 **({"system": r.system} if r.system is not None else {}),
                 "problem": grpo_problem(r, templates),
                 "solution": r.verdict,
-                **_media_fields(r, data_root),
+                **_media_fields(r, root),
             }
             for r in grpo
         ],
     )
     if write_yaml:
-        root = os.path.abspath(data_root)
         for path in (sft_path, grpo_path):
             yaml_path = os.path.splitext(path)[0] + ".yaml"
             write_dataset_yaml(yaml_path, os.path.abspath(path), root)
