@@ -95,4 +95,5 @@ def test_rejection_sampling_on_two_processes_matches_one(config_path, tmp_path):
     assert got[0] == got[1]
     stats = json.loads(got[1][2])
     assert stats["samples"] == 16
-    assert sorted(os.listdir(tmp_path / "2" / "rejection_sampling")) == sorted(files)
+    written = sorted(os.listdir(tmp_path / "2" / "rejection_sampling"))
+    assert written == sorted([*files, "sft.yaml", "grpo.yaml"])
