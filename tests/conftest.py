@@ -12,3 +12,47 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/urt-jax-test-jit-cache")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import contextlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+# A few steps of every stage of the embedded demo: enough to exercise the whole pipeline.
+DEMO_SMALL = [
+    "data.synthetic.n_train=8",
+    "data.synthetic.n_heldout=4",
+    "train.max_steps=2",
+    "train.progress=false",
+    "eval.max_new_tokens=4",
+    "eval.max_items=2",
+    "rejection.max_prompts=2",
+    "rejection.max_new_tokens=4",
+    "rejection.samples_per_prompt=2",
+    "rejection.sft_max_steps=2",
+    "grpo.max_steps=1",
+    "grpo.prompts_per_step=2",
+    "grpo.num_generations=2",
+    "grpo.max_new_tokens=4",
+]
+
+
+@contextlib.contextmanager
+def working_directory(path):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield path
+    finally:
+        os.chdir(old)
+
+
+@pytest.fixture(scope="session")
+def demo_workdir(tmp_path_factory):
+    """A directory outside the repository in which `urt-jax run configs/demo.yaml` (found among
+    the files shipped in the package) has run a few steps of every stage into runs/demo."""
+    from urt_jax.cli import main as cli_main
+
+    work = tmp_path_factory.mktemp("work")
+    with working_directory(work):
+        assert cli_main(["run", "configs/demo.yaml", "output_dir=runs/demo", *DEMO_SMALL]) == 0
+    return work

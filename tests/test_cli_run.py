@@ -10,31 +10,16 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
 )
 
+from tests.conftest import DEMO_SMALL
 from urt_jax.cli import main as cli_main
 from urt_jax.config import RunConfigError, load_run_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "configs", "demo.yaml")
-SMALL = [
-    "data.synthetic.n_train=8",
-    "data.synthetic.n_heldout=4",
-    "train.max_steps=2",
-    "eval.max_new_tokens=4",
-    "eval.max_items=2",
-    "rejection.max_prompts=2",
-    "rejection.max_new_tokens=4",
-    "rejection.samples_per_prompt=2",
-    "rejection.sft_max_steps=2",
-    "grpo.max_steps=1",
-    "grpo.prompts_per_step=2",
-    "grpo.num_generations=2",
-    "grpo.max_new_tokens=4",
-]
 
 
-def test_demo_runs_and_resumes(tmp_path, capsys):
-    out = tmp_path / "run"
-    assert cli_main(["run", DEMO, f"output_dir={out}", *SMALL]) == 0
+def test_demo_runs_and_resumes(demo_workdir, capsys):
+    out = demo_workdir / "runs" / "demo"
     report = json.loads((out / "report.json").read_text())
     assert report["stages_done"] == [
         "init",
@@ -91,7 +76,7 @@ def test_demo_runs_and_resumes(tmp_path, capsys):
     generated = model.generate(**prompt, max_new_tokens=3, min_new_tokens=3, do_sample=False)
     assert generated.shape[1] == prompt["input_ids"].shape[1] + 3
     capsys.readouterr()
-    assert cli_main(["run", DEMO, f"output_dir={out}", *SMALL]) == 0
+    assert cli_main(["run", DEMO, f"output_dir={out}", *DEMO_SMALL]) == 0
     assert capsys.readouterr().out.count("already done") == 11
 
 
@@ -120,3 +105,17 @@ def test_every_shipped_run_config_loads(name):
     g = cfg.grpo
     rows = g.prompts_per_step * g.num_generations
     assert rows % (g.micro_batch_rows or rows) == 0, "grpo.micro_batch_rows must divide the rows"
+
+
+def test_data_check_counts_tokens_as_the_run_does(demo_workdir, capsys):
+    """`data check --config` tokenises with the run's tokenizer, templates and pixel limits: its
+    token range is the run's own (the data stage counted every record of this small set)."""
+    out = demo_workdir / "runs" / "demo"
+    report = json.loads((out / "report.json").read_text())
+    capsys.readouterr()
+    argv = ["data", "check", str(out / "data" / "train.jsonl"), "--config", DEMO, *DEMO_SMALL]
+    assert cli_main(argv) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    stats = report["data"]["train"]
+    assert f"{stats['records']} record(s) checked, OK" in line, line
+    assert f"-{stats['tokens_max']} tokens per record" in line, line

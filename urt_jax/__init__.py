@@ -19,4 +19,12 @@ def save_pretrained(model, out_dir, **kwargs) -> None:
     _save(model, out_dir, **kwargs)
 
 
-__all__ = ["__version__", "from_pretrained", "save_pretrained"]
+def __getattr__(name: str):
+    if name == "Processor":  # imported on first use: it pulls in transformers' tokenizers
+        from urt_jax.data.vl_processor import Processor
+
+        return Processor
+    raise AttributeError(f"module 'urt_jax' has no attribute {name!r}")
+
+
+__all__ = ["Processor", "__version__", "from_pretrained", "save_pretrained"]

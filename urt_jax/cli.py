@@ -29,7 +29,7 @@ def _data_check(args: argparse.Namespace) -> int:
     for problem in report.problems:
         print(problem)
     status = "OK" if report.ok else f"{len(report.problems)} problem(s)"
-    lengths = getattr(report, "lengths", None)
+    lengths = report.lengths
     if lengths:
         status += (
             f"; {min(lengths)}-{max(lengths)} tokens per record "

@@ -3,7 +3,8 @@
 Unknown keys are errors, naming the file and the key: a typo never falls back to a default.
 A config file, and the model config, checkpoint, templates and tokenizer paths inside it, are
 looked up as given, then against the config file's directory's parent (configs/model/tiny.yaml
-from configs/demo.yaml), then among the files shipped in the package.
+from configs/demo.yaml), then among the files shipped in the package. Data paths are relative to
+the working directory; all are made absolute when the config is loaded.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class SyntheticSection:
 
 @dataclasses.dataclass
 class DataSection:
-    train: str = "synthetic"  # "synthetic", a JSONL/JSON file, or tfds:NAME[/SPLIT]
+    train: str = "synthetic"  # "synthetic", a JSONL/JSON file, a dataset YAML, tfds:NAME[/SPLIT]
     heldout: str | None = None  # same forms; with "synthetic", the generated held-out split
     data_root: str | None = None  # media paths are relative to it (default: the file's dir)
     tfds_data_dir: str | None = None
@@ -250,5 +251,22 @@ def load_run_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> R
     ):
         value = getattr(getattr(cfg, section), attr)
         if value:
-            setattr(getattr(cfg, section), attr, resolve_input(value, base))
+            found = resolve_input(value, base)
+            setattr(getattr(cfg, section), attr, _canonical(found))
+    for section, attr in (
+        ("data", "train"),
+        ("data", "heldout"),
+        ("data", "data_root"),
+        ("data", "tfds_data_dir"),
+        ("grpo", "data"),
+    ):
+        value = getattr(getattr(cfg, section), attr)
+        if value and value != "synthetic" and not value.startswith("tfds:"):
+            setattr(getattr(cfg, section), attr, os.path.abspath(os.path.expanduser(value)))
     return cfg
+
+
+def _canonical(path: str) -> str:
+    """An existing path without symbolic links (so that the same file is named the same way
+    from any directory, as the settings a run records compare it); others as given."""
+    return os.path.realpath(path) if os.path.exists(path) else path

@@ -23,6 +23,7 @@ class CheckReport:
     path: str
     records: int = 0
     problems: list[str] = dataclasses.field(default_factory=list)
+    lengths: list[int] = dataclasses.field(default_factory=list)  # tokens per record (builder)
 
     @property
     def ok(self) -> bool:
@@ -44,15 +45,16 @@ def check_file(
             continue
         try:
             if builder is not None:
-                builder(item)  # decodes media and tokenises: covers every check below
+                # decodes media and tokenises as training does: covers every check below
+                report.lengths.append(len(builder(item)["input_ids"]))
                 continue
             for m in item.media:
                 if m.kind == "image":
                     open_image(m.path if m.path is not None else m.data, max_image_pixels)
                 else:
                     load_video(m, max_frames, max_image_pixels)
-        except (MediaError, ImageError) as e:
-            report.problems.append(f"{item.source}: {e}")
         except RecordError as e:  # includes ExampleTooLong, which already names the line
             report.problems.append(str(e))
+        except (MediaError, ImageError, ValueError) as e:
+            report.problems.append(f"{item.source}: {e}")
     return report
