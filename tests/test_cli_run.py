@@ -119,3 +119,59 @@ def test_data_check_counts_tokens_as_the_run_does(demo_workdir, capsys):
     stats = report["data"]["train"]
     assert f"{stats['records']} record(s) checked, OK" in line, line
     assert f"-{stats['tokens_max']} tokens per record" in line, line
+
+
+def test_a_rerun_with_other_settings_never_reuses_old_results(demo_workdir, tmp_path, capsys):
+    """A finished stage whose settings changed stops the run, naming the keys; --redo runs it
+    again with the stages that read its outputs, and leaves the others alone."""
+    import shutil
+
+    out = tmp_path / "demo"
+    shutil.copytree(demo_workdir / "runs" / "demo", out)
+    before = json.loads((out / "report.json").read_text())
+    argv = ["run", DEMO, f"output_dir={out}", *DEMO_SMALL, "grpo.max_steps=2"]
+    capsys.readouterr()
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "stage 'grpo' was run with other settings (grpo.max_steps: 1 -> 2)" in err, err
+    assert "'grpo', 'eval.3', 'export'" in err and "--redo" in err
+    assert cli_main([*argv, "--redo"]) == 0
+    after = json.loads((out / "report.json").read_text())
+    assert after["stages_done"] == before["stages_done"]
+    assert after["grpo"]["steps"] == 2
+    for key in ("init", "data", "forward", "eval", "sft", "eval.2", "sample", "rs_sft"):
+        assert after["seconds"][key] == before["seconds"][key], key  # not run again
+    assert [s["stage"] for s in after["stages"]] == ["eval", "eval.2", "eval.3"]
+    capsys.readouterr()
+    assert cli_main(argv) == 0  # now recorded with these settings: everything is skipped
+    assert capsys.readouterr().out.count("already done") == 11
+
+
+def test_a_training_directory_made_with_other_settings_is_refused(demo_workdir, tmp_path):
+    """`urt-jax sft` into a directory holding checkpoints of another run does not resume from
+    them: it stops and names the changed keys."""
+    import shutil
+
+    from urt_jax.run_settings import SettingsChanged
+    from urt_jax.train.run_sft import run_sft
+
+    out = tmp_path / "sft"
+    shutil.copytree(demo_workdir / "runs" / "demo" / "sft", out)
+    cfg = load_run_config(DEMO, [*DEMO_SMALL, f"output_dir={demo_workdir / 'runs' / 'demo'}"])
+    cfg.train.max_steps = 5
+    init = str(demo_workdir / "runs" / "demo" / "init_hf")
+    with pytest.raises(SettingsChanged, match=r"train.max_steps: 2 -> 5"):
+        run_sft(cfg, str(out), hf_dir=init)
+
+
+def test_overrides_go_anywhere_on_the_command_line(capsys):
+    from urt_jax.cli import parse_args
+
+    args = parse_args(["grpo", "c.yaml", "seed=1", "--model", "m", "grpo.max_steps=3"])
+    assert args.model == "m" and args.overrides == ["seed=1", "grpo.max_steps=3"]
+    args = parse_args(["score", "in.jsonl", "--config", "c.yaml", "seed=2", "--output", "o"])
+    assert args.overrides == ["seed=2"] and args.output == "o"
+    for argv in (["convert", "hf-to-orbax", "a", "b", "seed=1"], ["eval", "c.yaml", "--nope"]):
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+    assert "unrecognized arguments" in capsys.readouterr().err

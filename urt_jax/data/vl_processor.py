@@ -304,6 +304,8 @@ class Processor:
                 continue
             items = []
             for item in content:
+                if not isinstance(item, Mapping):
+                    raise ValueError(f"a content item must be a mapping, found {item!r}")
                 kind = item.get("type")
                 if kind == "image" or (kind is None and "image" in item):
                     pixels, grid = process_image(self._image(item.get("image")), self.pixels)
