@@ -11,8 +11,7 @@ import os
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 
 # Qwen2.5-VL's special token ids (the published checkpoints).
-ENDOFTEXT, IM_START, IM_END = 151643, 151644, 151645
-VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = 151652, 151653, 151655, 151656
+ENDOFTEXT, IM_END = 151643, 151645
 
 # The chat template of the published Qwen2-VL / Qwen2.5-VL processors (chat_template.json).
 QWEN2_VL_CHAT_TEMPLATE = (
@@ -86,60 +85,13 @@ def write_qwen_tokenizer(out_dir: str) -> None:
         json.dump(config, f, indent=2)
 
 
-def tiny_qwen_config(tie_word_embeddings: bool = True):
-    """A Qwen2.5-VL config with the real vocabulary and special ids, tiny widths."""
-    from transformers import Qwen2_5_VLConfig
-
-    cfg = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=151936,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
-            rms_norm_eps=1e-6,
-            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
-            bos_token_id=ENDOFTEXT,
-            eos_token_id=IM_END,
-        ),
-        vision_config=dict(
-            depth=2,
-            hidden_size=32,
-            intermediate_size=48,
-            num_heads=2,
-            out_hidden_size=64,
-            patch_size=14,
-            temporal_patch_size=2,
-            spatial_merge_size=2,
-            window_size=112,
-            fullatt_block_indexes=[1],
-            tokens_per_second=2,
-        ),
-        image_token_id=IMAGE_PAD,
-        video_token_id=VIDEO_PAD,
-        vision_start_token_id=VISION_START,
-        vision_end_token_id=VISION_END,
-        tie_word_embeddings=tie_word_embeddings,
-    )
-    cfg._attn_implementation = "eager"
-    return cfg
-
-
 def write_qwen_checkpoint(out_dir: str, seed: int = 0) -> str:
-    """The whole directory, as a user downloads it from the Hub (tiny random weights, norm weights
-    randomised so that a norm bug shows)."""
-    import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    """The whole directory, as a user downloads it from the Hub: a flat config.json, the legacy
+    key layout, tied embeddings as the 3B's, tiny random weights with randomised norms."""
+    from tests import hf_reference as ref
 
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(tiny_qwen_config()).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or "ln_q" in name:
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-    model.save_pretrained(out_dir)
+    config = ref.tiny_config(tie_word_embeddings=True, vocab_size=151936, vision_depth=2)
+    ref.save_model(ref.make_model(config, seed), out_dir, config_style="flat")
     write_qwen_tokenizer(out_dir)
     for name, data in (
         ("chat_template.json", {"chat_template": QWEN2_VL_CHAT_TEMPLATE}),
@@ -207,17 +159,17 @@ def write_released_data(data_dir: str) -> dict[str, str]:
             "images": ["images/4.png", "images/5.png"],
         }
     )
+
+    def pair(caption: str, verdict: str, first: str, second: str, folder: str = "") -> dict:
+        return {
+            "problem": _generation_prompt(caption),
+            "solution": verdict,
+            "images": [folder + first, folder + second],
+        }
+
     grpo = [
-        {
-            "problem": _generation_prompt("a red square"),
-            "solution": "Image 1 is better",
-            "images": ["0.png", "1.png"],
-        },
-        {
-            "problem": _generation_prompt("a blue square"),
-            "solution": "Image 2 is better",
-            "images": ["1.png", "2.png"],
-        },
+        pair("a red square", "Image 1 is better", "0.png", "1.png"),
+        pair("a blue square", "Image 2 is better", "1.png", "2.png"),
         {
             "problem": "Question: what colour is the square?\nAnswer 1: Red.\nAnswer 2: Blue.\n"
             "Which answer is better? Reason inside <think></think>, then write 'Answer 1 is "
@@ -232,16 +184,8 @@ def write_released_data(data_dir: str) -> dict[str, str]:
         },
     ]
     heldout = [
-        {
-            "problem": _generation_prompt("a green square"),
-            "solution": "Image 1 is better",
-            "images": ["images/1.png", "images/2.png"],
-        },
-        {
-            "problem": _generation_prompt("a yellow square"),
-            "solution": "Image 2 is better",
-            "images": ["images/2.png", "images/3.png"],
-        },
+        pair("a green square", "Image 1 is better", "1.png", "2.png", "images/"),
+        pair("a yellow square", "Image 2 is better", "2.png", "3.png", "images/"),
     ]
     pairs = [
         {

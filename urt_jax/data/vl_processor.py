@@ -49,6 +49,30 @@ VISION_KEYS = (
 )
 
 
+def pad_rows(
+    rows: Sequence[Mapping[str, np.ndarray]], pad_id: int, padding_side: str = "left"
+) -> dict[str, np.ndarray]:
+    """Encoded rows (``input_ids`` and vision inputs each) as one batch in the HF processor's
+    names: ``input_ids``/``attention_mask`` [B, T] padded on ``padding_side``, the vision inputs
+    concatenated in row order."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', found {padding_side!r}")
+    length = max(len(r["input_ids"]) for r in rows)
+    ids = np.full((len(rows), length), pad_id, np.int64)
+    mask = np.zeros((len(rows), length), np.int64)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        cols = slice(length - n, length) if padding_side == "left" else slice(0, n)
+        ids[i, cols] = r["input_ids"]
+        mask[i, cols] = 1
+    batch = {"input_ids": ids, "attention_mask": mask}
+    for key in VISION_KEYS:
+        parts = [r[key] for r in rows if key in r]
+        if parts:
+            batch[key] = np.concatenate(parts)
+    return batch
+
+
 class ProcessorError(ValueError):
     """A checkpoint directory whose processor files are missing, unreadable or inconsistent."""
 
@@ -358,22 +382,9 @@ class Processor:
         ``return_mm_token_type_ids`` adds the ids transformers' model needs for its M-RoPE."""
         if conversations and isinstance(conversations[0], Mapping):
             conversations = [conversations]  # one conversation
-        if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', found {padding_side!r}")
         rows = [self.encode(c, add_generation_prompt=add_generation_prompt) for c in conversations]
-        length = max(len(r["input_ids"]) for r in rows)
-        ids = np.full((len(rows), length), self.pad_token_id, np.int64)
-        mask = np.zeros((len(rows), length), np.int64)
-        for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            cols = slice(length - n, length) if padding_side == "left" else slice(0, n)
-            ids[i, cols] = r["input_ids"]
-            mask[i, cols] = 1
-        batch = {"input_ids": ids, "attention_mask": mask}
-        for key in VISION_KEYS:
-            parts = [r[key] for r in rows if key in r]
-            if parts:
-                batch[key] = np.concatenate(parts)
+        batch = pad_rows(rows, self.pad_token_id, padding_side)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
         if return_mm_token_type_ids:
             types = np.zeros_like(ids)
             types[ids == self.image_token_id] = 1

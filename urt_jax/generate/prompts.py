@@ -1,4 +1,4 @@
-"""Prompt batches for generation: examples (prompt only) -> the HF processor's batch format."""
+"""Prompt batches for generation: records -> prompt-only examples -> completions as text."""
 
 from __future__ import annotations
 
@@ -8,29 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from urt_jax.data.records import PreferenceRecord
-
-
-def processor_batch(examples: Sequence[dict], pad_id: int) -> dict[str, np.ndarray]:
-    """Left-padded input_ids/attention_mask plus concatenated vision inputs, in row order."""
-    length = max(len(e["input_ids"]) for e in examples)
-    ids = np.full((len(examples), length), pad_id, np.int64)
-    mask = np.zeros((len(examples), length), np.int64)
-    for i, e in enumerate(examples):
-        n = len(e["input_ids"])
-        ids[i, length - n :] = e["input_ids"]
-        mask[i, length - n :] = 1
-    batch = {"input_ids": ids, "attention_mask": mask}
-    for key in (
-        "pixel_values",
-        "image_grid_thw",
-        "pixel_values_videos",
-        "video_grid_thw",
-        "second_per_grid_ts",
-    ):
-        parts = [e[key] for e in examples if key in e]
-        if parts:
-            batch[key] = np.concatenate(parts)
-    return batch
+from urt_jax.data.vl_processor import pad_rows
 
 
 def end_of_turn_ids(tokenizer, to_example=None) -> list[int]:
@@ -90,7 +68,7 @@ def complete(
         examples = prompt_examples(chunk, to_example, prefix_ids)
         gen = sample(
             model,
-            processor_batch(examples, pad),
+            pad_rows(examples, pad),
             num_samples=num_samples,
             max_new_tokens=max_new_tokens,
             temperature=temperature,

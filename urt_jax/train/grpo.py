@@ -30,10 +30,10 @@ from jax.sharding import Mesh
 from urt_jax.config import GRPOSection, TrainSection, options_from
 from urt_jax.data.batching import pow2_at_least
 from urt_jax.data.records import PreferenceRecord
+from urt_jax.data.vl_processor import VISION_KEYS, pad_rows
 from urt_jax.generate.prompts import (
     completion_texts,
     end_of_turn_ids,
-    processor_batch,
     prompt_examples,
 )
 from urt_jax.generate.sampler import sample
@@ -60,14 +60,6 @@ from urt_jax.train.optim import (
     zero_accumulator,
 )
 from urt_jax.train.sft import handle_nonfinite, trainable_filter
-
-VISION_KEYS = (
-    "pixel_values",
-    "image_grid_thw",
-    "pixel_values_videos",
-    "video_grid_thw",
-    "second_per_grid_ts",
-)
 
 
 def optimizer_settings(train: TrainSection, g: GRPOSection) -> TrainSection:
@@ -125,7 +117,7 @@ def rollout(
     pad = tokenizer.pad_token_id or 0
     eos = end_of_turn_ids(tokenizer, to_example)
     examples = prompt_examples(records, to_example)
-    batch = processor_batch(examples, pad)
+    batch = pad_rows(examples, pad)
     out = sample(
         model,
         batch,
@@ -155,7 +147,7 @@ def rollout(
     rep = lambda a: np.repeat(a, g.num_generations, axis=0)  # noqa: E731  prompt-major
     ids = np.concatenate([rep(out.prompt_ids), out.tokens], axis=1)
     mask = np.concatenate([rep(out.prompt_mask), completion_mask.astype(np.int64)], axis=1)
-    repeated = processor_batch([e for e in examples for _ in range(g.num_generations)], pad)
+    repeated = pad_rows([e for e in examples for _ in range(g.num_generations)], pad)
     inputs, _ = prepare_inputs(
         model.config,
         ids,
