@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import yaml
 
 from urt_jax.data.records import MODES, TASKS, PreferenceRecord, RecordError
-from urt_jax.resources import DEFAULT_TEMPLATES
+from urt_jax.resources import DEFAULT_TEMPLATES, resolve_input
 
 _ALLOWED = {"prompt", "answer1", "answer2", "answer"}
 
@@ -52,7 +52,8 @@ class Templates:
 
     @classmethod
     def load(cls, path: str | os.PathLike = DEFAULT_TEMPLATES) -> Templates:
-        path = os.fspath(path)
+        """A template file: the path as given, else the one shipped in the package."""
+        path = resolve_input(os.fspath(path))
         if not os.path.isfile(path):
             raise TemplateError(f"{path}: template file not found")
         with open(path) as f:
