@@ -27,8 +27,19 @@ import numpy as np
 from PIL import Image
 
 from urt_jax.data.chat import encode_chat
-from urt_jax.data.media import DEFAULT_MAX_IMAGE_PIXELS, MediaError, load_video, open_image
-from urt_jax.data.processor import ProcessorConfig, process_image, process_video
+from urt_jax.data.media import (
+    DEFAULT_FRAMES_FPS,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    MediaError,
+    load_video,
+    open_image,
+)
+from urt_jax.data.processor import (
+    ProcessorConfig,
+    process_image,
+    process_video,
+    sample_frame_indices,
+)
 from urt_jax.data.records import Media
 
 log = logging.getLogger(__name__)
@@ -291,14 +302,12 @@ class Processor:
             media = Media("video", data=src) if isinstance(src, bytes) else Media("video", path=src)
             return load_video(media, self.pixels.max_frames, self.max_image_pixels)
         if isinstance(value, Sequence) and value:
-            frames = [f if isinstance(f, Image.Image) else os.fspath(f) for f in value]
-            if all(isinstance(f, Image.Image) for f in frames):
-                from urt_jax.data.processor import sample_frame_indices
-
-                idx = sample_frame_indices(len(frames), self.pixels.max_frames)
-                rate = float(fps) if fps else 2.0
-                return [frames[i] for i in idx], rate * len(idx) / len(frames)
-            media = Media("video", frames=tuple(frames), fps=float(fps) if fps else None)
+            rate = float(fps) if fps else DEFAULT_FRAMES_FPS
+            if all(isinstance(f, Image.Image) for f in value):
+                idx = sample_frame_indices(len(value), self.pixels.max_frames)
+                return [value[i] for i in idx], rate * len(idx) / len(value)
+            frames = tuple(f if isinstance(f, bytes) else os.fspath(f) for f in value)
+            media = Media("video", frames=frames, fps=rate)
             return load_video(media, self.pixels.max_frames, self.max_image_pixels)
         raise MediaError("a video must be a path, bytes or a non-empty list of frames")
 
