@@ -21,6 +21,7 @@ from urt_jax.atomic import write_text
 EXECUTION_ONLY = (
     "output_dir",
     "mesh",
+    "model.remat",  # recomputes the same activations
     "train.progress",
     "train.log_every",
     "train.checkpoint_every",
