@@ -1,5 +1,6 @@
 """Evaluation: the accounting of swapped orders, agreement and ties, and judging with a model."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -107,3 +108,20 @@ def test_judge_runs_both_orders(setup, mode):
     s = summarize(rows)
     assert 0.0 <= s["accuracy"] <= 1.0 and s["items"] == len(records)
     assert np.isfinite(s["format_rate"])
+
+
+def test_prompts_over_max_length_are_skipped_and_counted(setup):
+    model, tokenizer, builder, records = setup
+    lengths = [len(builder(r)["input_ids"]) for r in records]
+    limit = max(lengths) - 1  # the videos' prompts are the longest
+    assert min(lengths) <= limit
+    too_long = {r.id for r, n in zip(records, lengths, strict=True) if n > limit}
+    short = dataclasses.replace(builder, max_length=limit)
+    rows = judge(model, tokenizer, records, short, EvalOptions(max_new_tokens=4, batch_size=2))
+    skipped = [r for r in rows if "skipped" in r]
+    assert {r["id"] for r in skipped} == too_long
+    assert all("exceeds max_length" in r["skipped"] and "output" not in r for r in skipped)
+    assert all(isinstance(r["output"], str) for r in rows if r["id"] not in too_long)
+    s = summarize(rows)
+    assert s["skipped"] == len(too_long) and s["items"] == len(records) - len(too_long)
+    assert f"| items skipped: prompt over data.max_length | {len(too_long)} |" in markdown_table(s)

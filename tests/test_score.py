@@ -1,6 +1,7 @@
 """`urt-jax score`: unlabelled items are judged and written with their CoT; labelled ones are
 scored; bad items are refused with their line."""
 
+import dataclasses
 import json
 import os
 
@@ -12,6 +13,7 @@ from urt_jax.data.records import RecordError
 from urt_jax.data.synthetic import SyntheticConfig, write_synthetic
 from urt_jax.model.config import Qwen25VLConfig
 from urt_jax.model.hf import save_pretrained
+from urt_jax.pipeline import generation_setup
 from urt_jax.resources import DEMO_TOKENIZER_DIR
 from urt_jax.score import read_items
 from urt_jax.sharding.init import init_model
@@ -58,3 +60,24 @@ def test_unlabelled_items_must_still_be_well_formed(items, tmp_path):
     with pytest.raises(RecordError, match=r"bad.jsonl:2: .*needs 2 answer"):
         read_items(str(file), os.path.dirname(path))
     assert load_run_config(DEMO).eval.mode == "cot"
+
+
+def test_items_over_max_length_are_skipped_not_fatal(items, tmp_path, capsys):
+    path, model_dir, rows = items
+    cfg = load_run_config(DEMO)
+    _, builder = generation_setup(cfg, model_dir)
+    records = read_items(path, os.path.dirname(path))
+    lengths = [len(builder(dataclasses.replace(r, reply=None))["input_ids"]) for r in records]
+    limit = max(lengths) - 1
+    too_long = [r["id"] for r, n in zip(rows, lengths, strict=True) if n > limit]
+    assert 0 < len(too_long) < len(rows)
+    output = tmp_path / "judged.jsonl"
+    argv = ["score", path, "eval.max_new_tokens=4", f"data.max_length={limit}", "--config", DEMO]
+    assert cli_main([*argv, "--model", model_dir, "--output", str(output)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["skipped"] == len(too_long) and summary["items"] == len(rows) - len(too_long)
+    judged = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [j["id"] for j in judged] == [r["id"] for r in rows]  # one line per item, in order
+    for j in judged:
+        assert ("skipped" in j) == (j["id"] in too_long)
+        assert ("verdict" in j) != (j["id"] in too_long)

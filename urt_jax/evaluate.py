@@ -4,10 +4,13 @@ Every pairwise item whose prompt is built from fields is judged twice, with the 
 their original order and swapped (the expected verdict flips with them), against position bias;
 the report gives the accuracy of each order, their mean, and how often the two orders agree on
 the same underlying candidate. A judgement is correct when the expected verdict appears in the
-text of the first <answer>...</answer> (the whole output when there is none), as the released
-evaluation scripts count. Ties (verdict "tie") are reported both ways: excluded, and included
-(correct only when the answer names no winner). Modes: "cot" (the model reasons, then answers)
+text of the first <answer>...</answer> (the whole output when there is none), as the GRPO
+accuracy reward reads it; the release's benchmark scripts look for it anywhere in the output.
+Ties (verdict "tie") are reported both ways: excluded, and included (correct only when the answer
+names no winner). Modes: "cot" (the model reasons, then answers)
 and "direct" (the reply is started with an empty <think></think> so that it answers at once).
+An item whose prompt is longer than ``data.max_length`` is not judged: its judgement says why
+(``skipped``), the summary counts it, and the run goes on.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ def judge(
     if options.mode not in ("cot", "direct"):
         raise ValueError(f"mode must be 'cot' or 'direct', found {options.mode!r}")
     items = _items(records, options.swap)
+    too_long: dict[int, str] = {}
     texts = complete(
         model,
         tokenizer,
@@ -71,9 +75,15 @@ def judge(
         batch_size=options.batch_size,
         seed=options.seed,
         reply_prefix=DIRECT_PREFIX if options.mode == "direct" else "",
+        on_too_long=lambda i, error: too_long.__setitem__(i, str(error)),
     )
     out = []
-    for (order, record), (text,) in zip(items, texts, strict=True):
+    for i, ((order, record), text) in enumerate(zip(items, texts, strict=True)):
+        row = {"id": record.id, "task": record.task, "order": order, "expected": record.verdict}
+        if i in too_long:
+            out.append({**row, "skipped": too_long[i], "tie": record.verdict == TIE})
+            continue
+        (text,) = text
         answer = extract_answer(text)
         if record.verdict == TIE:
             correct = not any(v in answer for v in PAIRWISE_VERDICTS[record.task])
@@ -81,10 +91,7 @@ def judge(
             correct = record.verdict in answer
         out.append(
             {
-                "id": record.id,
-                "task": record.task,
-                "order": order,
-                "expected": record.verdict,
+                **row,
                 "answer": answer,
                 "output": text,
                 "correct": bool(correct),
@@ -104,9 +111,14 @@ def _winner(judgement: dict) -> int | None:
 
 
 def summarize(judgements: Sequence[dict]) -> dict:
+    """Accuracies, agreement and format rate over the judged items; items skipped for a prompt
+    over ``data.max_length`` are counted apart (``skipped``) and nowhere else."""
+
     def acc(rows):
         return float(np.mean([r["correct"] for r in rows])) if rows else None
 
+    skipped = {r["id"] for r in judgements if "skipped" in r}
+    judgements = [r for r in judgements if r["id"] not in skipped]
     no_ties = [r for r in judgements if not r["tie"]]
     by_id: dict[str, dict] = {}
     for r in no_ties:
@@ -128,6 +140,7 @@ def summarize(judgements: Sequence[dict]) -> dict:
         "judgements": len(judgements),
         "items": len({r["id"] for r in judgements}),
         "ties": len({r["id"] for r in judgements if r["tie"]}),
+        "skipped": len(skipped),
     }
 
 
@@ -148,6 +161,8 @@ def markdown_table(summary: dict, title: str = "evaluation") -> str:
     for task, value in summary["per_task"].items():
         rows.append(f"| accuracy: {task} | {fmt(value)} |")
     rows.append(f"| items / judgements | {summary['items']} / {summary['judgements']} |")
+    if summary.get("skipped"):
+        rows.append(f"| items skipped: prompt over data.max_length | {summary['skipped']} |")
     return "\n".join(rows) + "\n"
 
 

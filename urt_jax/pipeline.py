@@ -280,10 +280,16 @@ def _stage_eval(cfg: RunConfig, out: str, report: dict, key: str = "eval") -> No
         }
     )
     report["final"] = {"accuracy": summary["accuracy"], "format_rate": summary["format_rate"]}
+    skipped = summary["skipped"]
     _log(
-        f"eval ({model_dir}): accuracy {summary['accuracy']:.3f}, format rate "
-        f"{summary['format_rate']:.3f}, order agreement {summary['order_agreement']}"
+        f"eval ({model_dir}): accuracy {_fmt(summary['accuracy'])}, format rate "
+        f"{_fmt(summary['format_rate'])}, order agreement {summary['order_agreement']}"
+        + (f"; {skipped} items skipped (prompt over data.max_length)" if skipped else "")
     )
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _rejection_output(out: str, name: str) -> str:

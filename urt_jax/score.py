@@ -3,7 +3,8 @@
 Items are pairs (or single candidates, pointwise) in any data format; native items may leave out
 the verdict. Each item is judged once, in the order given, and written as one JSON line with the
 verdict, the chain of thought and whether it is well formed; items that carry a verdict also get
-``expected`` and ``correct``.
+``expected`` and ``correct``. An item whose prompt is longer than ``data.max_length`` gets a line
+with ``skipped`` (the reason) instead, and the rest are still judged.
 """
 
 from __future__ import annotations
@@ -34,17 +35,15 @@ def score_file(
     model, builder = generation_setup(cfg, model_dir)
     options = options_from(EvalOptions, cfg.eval, swap=False, seed=cfg.seed)
     judgements = judge(model, builder.tokenizer, records, builder, options)
-    labelled = correct = well_formed = 0
+    labelled = correct = well_formed = skipped = 0
     rows = []
     for record, j in zip(records, judgements, strict=True):
-        row = {
-            "id": record.id,
-            "task": record.task,
-            "mode": record.mode,
-            "verdict": j["answer"],
-            "output": j["output"],
-            "format": j["format"],
-        }
+        row = {"id": record.id, "task": record.task, "mode": record.mode}
+        if "skipped" in j:
+            rows.append({**row, "skipped": j["skipped"]})
+            skipped += 1
+            continue
+        row |= {"verdict": j["answer"], "output": j["output"], "format": j["format"]}
         if record.verdict:
             row |= {"expected": record.verdict, "correct": j["correct"]}
             labelled += 1
@@ -54,9 +53,10 @@ def score_file(
     if writes_here():  # on several processes (mesh.distributed) every one judged every item
         write_jsonl(output, rows)
     wait_for_writer(f"score {output}")
-    n = len(records)
+    n = len(records) - skipped
     return {
         "items": n,
+        "skipped": skipped,
         "format_rate": well_formed / max(n, 1),
         "labelled": labelled,
         "accuracy": correct / labelled if labelled else None,

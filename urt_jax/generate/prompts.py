@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from urt_jax.data.examples import ExampleTooLong
 from urt_jax.data.records import PreferenceRecord
 from urt_jax.data.vl_processor import pad_rows
 
@@ -52,20 +53,22 @@ def complete(
     seed: int,
     top_p: float = 1.0,
     reply_prefix: str = "",
-) -> list[list[str]]:
+    on_too_long: Callable[[int, ExampleTooLong], None] | None = None,
+) -> list[list[str] | None]:
     """``num_samples`` completions per record, as text (``reply_prefix`` included), generated in
     chunks of ``batch_size`` prompts until an end-of-turn id (``end_of_turn_ids``).
     ``to_example`` must build prompt-only examples; the records' own replies are ignored;
-    ``reply_prefix`` starts every reply."""
+    ``reply_prefix`` starts every reply. A prompt longer than the builder's ``max_length``
+    raises ExampleTooLong, or with ``on_too_long`` is passed to it with its index and left out
+    (its entry is None): the chunks stay full, so the compiled shapes do not change."""
     from urt_jax.generate.sampler import sample
 
     prefix_ids = np.asarray(tokenizer(reply_prefix, add_special_tokens=False)["input_ids"])
     eos = end_of_turn_ids(tokenizer, to_example)
     pad = tokenizer.pad_token_id or 0
-    out: list[list[str]] = []
-    for start in range(0, len(records), batch_size):
-        chunk = [records[i] for i in range(start, min(start + batch_size, len(records)))]
-        examples = prompt_examples(chunk, to_example, prefix_ids)
+    out: list[list[str] | None] = [None] * len(records)
+
+    def generate(indices: list[int], examples: list[dict]) -> None:
         gen = sample(
             model,
             pad_rows(examples, pad),
@@ -74,8 +77,26 @@ def complete(
             temperature=temperature,
             top_p=top_p,
             eos_token_ids=eos,
-            seed=seed + start,
+            seed=seed + indices[0],
         )
         texts = completion_texts(tokenizer, gen, reply_prefix)
-        out += [texts[i * num_samples : (i + 1) * num_samples] for i in range(len(chunk))]
+        for k, i in enumerate(indices):
+            out[i] = texts[k * num_samples : (k + 1) * num_samples]
+
+    indices, examples = [], []
+    for i, record in enumerate(records):
+        try:
+            (example,) = prompt_examples([record], to_example, prefix_ids)
+        except ExampleTooLong as e:
+            if on_too_long is None:
+                raise
+            on_too_long(i, e)
+            continue
+        indices.append(i)
+        examples.append(example)
+        if len(examples) == batch_size:
+            generate(indices, examples)
+            indices, examples = [], []
+    if examples:
+        generate(indices, examples)
     return out
