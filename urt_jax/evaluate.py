@@ -7,8 +7,8 @@ the same underlying candidate. A judgement is correct when the expected verdict 
 text of the first <answer>...</answer> (the whole output when there is none), as the GRPO
 accuracy reward reads it; the release's benchmark scripts look for it anywhere in the output.
 Ties (verdict "tie") are reported both ways: excluded, and included (correct only when the answer
-names no winner). Modes: "cot" (the model reasons, then answers)
-and "direct" (the reply is started with an empty <think></think> so that it answers at once).
+names no winner). Modes: "cot" (the model reasons, then answers) and "direct" (the reply is
+started with an empty <think></think> so that it answers at once).
 An item whose prompt is longer than ``data.max_length`` is not judged: its judgement says why
 (``skipped``), the summary counts it, and the run goes on.
 """
@@ -80,8 +80,9 @@ def judge(
     out = []
     for i, ((order, record), text) in enumerate(zip(items, texts, strict=True)):
         row = {"id": record.id, "task": record.task, "order": order, "expected": record.verdict}
+        row["tie"] = record.verdict == TIE
         if i in too_long:
-            out.append({**row, "skipped": too_long[i], "tie": record.verdict == TIE})
+            out.append({**row, "skipped": too_long[i]})
             continue
         (text,) = text
         answer = extract_answer(text)
@@ -96,7 +97,6 @@ def judge(
                 "output": text,
                 "correct": bool(correct),
                 "format": format_reward(text) == 1.0,
-                "tie": record.verdict == TIE,
             }
         )
     return out
@@ -144,10 +144,12 @@ def summarize(judgements: Sequence[dict]) -> dict:
     }
 
 
-def markdown_table(summary: dict, title: str = "evaluation") -> str:
-    def fmt(x):
-        return "-" if x is None else f"{x:.3f}"
+def format_value(x: float | None) -> str:
+    """A summary figure as the reports print it ("-" when there is nothing to count)."""
+    return "-" if x is None else f"{x:.3f}"
 
+
+def markdown_table(summary: dict, title: str = "evaluation") -> str:
     rows = [f"| {title} | value |", "|---|---|"]
     for key in (
         "accuracy",
@@ -157,9 +159,9 @@ def markdown_table(summary: dict, title: str = "evaluation") -> str:
         "order_agreement",
         "format_rate",
     ):
-        rows.append(f"| {key} | {fmt(summary[key])} |")
+        rows.append(f"| {key} | {format_value(summary[key])} |")
     for task, value in summary["per_task"].items():
-        rows.append(f"| accuracy: {task} | {fmt(value)} |")
+        rows.append(f"| accuracy: {task} | {format_value(value)} |")
     rows.append(f"| items / judgements | {summary['items']} / {summary['judgements']} |")
     if summary.get("skipped"):
         rows.append(f"| items skipped: prompt over data.max_length | {summary['skipped']} |")

@@ -268,6 +268,8 @@ def _stage_sample(cfg: RunConfig, out: str, report: dict) -> None:
 
 
 def _stage_eval(cfg: RunConfig, out: str, report: dict, key: str = "eval") -> None:
+    from urt_jax.evaluate import format_value
+
     model_dir = _latest_model_dir(out)
     summary = evaluate_model(cfg, model_dir, heldout_records(cfg), os.path.join(out, "eval"))
     report.setdefault("stages", []).append(
@@ -282,14 +284,10 @@ def _stage_eval(cfg: RunConfig, out: str, report: dict, key: str = "eval") -> No
     report["final"] = {"accuracy": summary["accuracy"], "format_rate": summary["format_rate"]}
     skipped = summary["skipped"]
     _log(
-        f"eval ({model_dir}): accuracy {_fmt(summary['accuracy'])}, format rate "
-        f"{_fmt(summary['format_rate'])}, order agreement {summary['order_agreement']}"
+        f"eval ({model_dir}): accuracy {format_value(summary['accuracy'])}, format rate "
+        f"{format_value(summary['format_rate'])}, order agreement {summary['order_agreement']}"
         + (f"; {skipped} items skipped (prompt over data.max_length)" if skipped else "")
     )
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
 def _rejection_output(out: str, name: str) -> str:

@@ -19,17 +19,21 @@ def end_of_turn_ids(tokenizer, to_example=None) -> list[int]:
     return list(ids) if ids else [tokenizer.convert_tokens_to_ids("<|im_end|>")]
 
 
+def prompt_example(
+    record: PreferenceRecord, to_example, prefix_ids: np.ndarray | None = None
+) -> dict:
+    """The record's prompt-only example (its reply ignored), followed by ``prefix_ids``."""
+    e = to_example(dataclasses.replace(record, reply=None))
+    if prefix_ids is not None:
+        e["input_ids"] = np.concatenate([e["input_ids"], prefix_ids]).astype(np.int32)
+    return e
+
+
 def prompt_examples(
     records: Sequence[PreferenceRecord], to_example, prefix_ids: np.ndarray | None = None
 ) -> list[dict]:
-    """Prompt-only examples (the records' replies ignored), each followed by ``prefix_ids``."""
-    examples = []
-    for record in records:
-        e = to_example(dataclasses.replace(record, reply=None))
-        if prefix_ids is not None:
-            e["input_ids"] = np.concatenate([e["input_ids"], prefix_ids]).astype(np.int32)
-        examples.append(e)
-    return examples
+    """Prompt-only examples of the records (``prompt_example`` of each)."""
+    return [prompt_example(r, to_example, prefix_ids) for r in records]
 
 
 def completion_texts(tokenizer, out, prefix: str = "") -> list[str]:
@@ -86,7 +90,7 @@ def complete(
     indices, examples = [], []
     for i, record in enumerate(records):
         try:
-            (example,) = prompt_examples([record], to_example, prefix_ids)
+            example = prompt_example(record, to_example, prefix_ids)
         except ExampleTooLong as e:
             if on_too_long is None:
                 raise
