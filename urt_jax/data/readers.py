@@ -47,6 +47,7 @@ from urt_jax.data.records import (
     ACCEPTED_VERDICTS,
     PAIRWISE_VERDICTS,
     POINTWISE_PATTERN,
+    BenchmarkTag,
     Media,
     PreferenceRecord,
     RecordError,
@@ -306,7 +307,32 @@ def _native_record(obj: dict, resolve: MediaResolver, where: str, rid: str, labe
         reply=reply,
         source=where,
         system=_system_field(obj, where),
+        benchmark=_benchmark_field(obj, where),
     )
+
+
+def _benchmark_field(obj: dict, where: str) -> BenchmarkTag | None:
+    """A native record's ``benchmark``: ``{"name", "id", "subset"?, "label"?}``."""
+    tag = obj.get("benchmark")
+    if tag is None:
+        return None
+    if not isinstance(tag, dict):
+        raise RecordError(f"{where}: field 'benchmark' must be an object with name and id")
+    unknown = sorted(set(tag) - {"name", "id", "subset", "label"})
+    if unknown:
+        raise RecordError(f"{where}: benchmark: unknown key(s) {unknown}")
+    subset = tag.get("subset")
+    if subset is not None and not isinstance(subset, str):
+        raise RecordError(f"{where}: benchmark: 'subset' must be a string")
+    try:
+        return BenchmarkTag(
+            _require(tag, "name", f"{where}: benchmark"),
+            str(_require(tag, "id", f"{where}: benchmark", (str, int))),
+            subset,
+            tag.get("label"),
+        )
+    except RecordError as e:
+        raise RecordError(f"{where}: {e}") from None
 
 
 def parse_record(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from urt_jax.rewards import ANSWER_PATTERN, extract_answer
 
@@ -40,6 +40,9 @@ ACCEPTED_VERDICTS = (
     + ", or 'Score: N' with N from 1 to 10"
 )
 
+# The preference benchmarks `urt-jax data import` reads and `eval.protocol: release` scores.
+BENCHMARKS = ("vl-rewardbench", "genai-bench-image", "genai-bench-video", "videogen-rewardbench")
+
 # Where each medium goes in a released user text (LLaMA-Factory's convention).
 MEDIA_TAG = re.compile(r"<(image|video)>")
 
@@ -64,6 +67,22 @@ class Media:
             raise RecordError(f"{self.kind}: give exactly one of path, data or frames")
         if self.frames is not None and self.kind != "video":
             raise RecordError("frames are only for videos")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkTag:
+    """Where an imported benchmark item comes from: the benchmark (one of ``BENCHMARKS``), the
+    item's id there, its subset (VL-RewardBench's source group, ...) and its label as published
+    (a tie included), kept so that a benchmark's own accounting can be redone."""
+
+    name: str
+    item_id: str
+    subset: str | None = None
+    label: Any = None
+
+    def __post_init__(self):
+        if self.name not in BENCHMARKS:
+            raise RecordError(f"benchmark {self.name!r} is not one of {BENCHMARKS}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +111,7 @@ class PreferenceRecord:
     reply: str | None = None
     source: str = ""  # "file:line" for error messages
     system: str | None = None  # a system prompt, rendered as a system turn before the user turn
+    benchmark: BenchmarkTag | None = None  # set on items imported from a published benchmark
 
     def validate(self) -> PreferenceRecord:
         where = self.source or self.id

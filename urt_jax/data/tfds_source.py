@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from urt_jax.data.records import Media, PreferenceRecord
+from urt_jax.data.records import BenchmarkTag, Media, PreferenceRecord
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -65,6 +65,8 @@ def example_to_record(example: Mapping) -> PreferenceRecord:
         else:
             media.append(Media(entry["kind"], data=bytes(blobs[entry["blob"]])))
     d["answers"] = tuple(d["answers"])
+    if d.get("benchmark") is not None:
+        d["benchmark"] = BenchmarkTag(**d["benchmark"])
     return PreferenceRecord(**d, media=tuple(media))
 
 
