@@ -92,9 +92,15 @@ class TrainSection:
 
 @dataclasses.dataclass
 class EvalSection:
-    max_new_tokens: int = 256
+    # null: the release's length for each item's task (512 image generation, 1024 video
+    # generation and understanding, 4096 image understanding)
+    max_new_tokens: int | None = None
     batch_size: int = 8
-    swap: bool = True  # judge pairwise items in both candidate orders
+    # "both_orders": every pairwise item judged in both candidate orders, the verdict read from
+    # <answer>; "release": imported benchmark items scored as the release's scripts score them
+    protocol: str = "both_orders"
+    swap: bool = True  # both_orders: judge pairwise items in both candidate orders
+    order_seed: int = 0  # release: the seed of the order draws (0: the release's VL-RewardBench)
     mode: str = "cot"  # "cot" | "direct"
     max_items: int | None = None  # evaluate at most this many held-out items
 
@@ -227,6 +233,12 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+_CHOICES = {
+    ("eval", "protocol"): ("both_orders", "release"),
+    ("eval", "mode"): ("cot", "direct"),
+}
+
+
 def load_run_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> RunConfig:
     path = resolve_input(os.fspath(path))
     if not os.path.isfile(path):
@@ -242,6 +254,10 @@ def load_run_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> R
         key, raw = item.split("=", 1)
         _set_dotted(data, key.strip(), yaml.safe_load(raw))
     cfg = _build(RunConfig, data, path)
+    for (section, attr), allowed in _CHOICES.items():
+        value = getattr(getattr(cfg, section), attr)
+        if value not in allowed:
+            raise RunConfigError(f"{path}: {section}.{attr} {value!r} is not one of {allowed}")
     base = os.path.dirname(os.path.dirname(os.path.abspath(path)))
     for section, attr in (
         ("model", "config"),

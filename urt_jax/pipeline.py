@@ -207,15 +207,21 @@ def _first(records, limit: int | None) -> list:
 
 
 def evaluate_model(cfg: RunConfig, model_dir: str, records, out_dir: str) -> dict:
-    """Greedy judgements of the held-out records in both candidate orders; writes eval.json,
-    eval.md and judgements.jsonl under out_dir and returns the summary."""
+    """Greedy judgements of the held-out records (both candidate orders, or as the release's
+    scripts judge them: ``eval.protocol``); writes eval.json, eval.md and judgements.jsonl under
+    out_dir and returns the summary."""
     from urt_jax.evaluate import EvalOptions, judge, summarize, write_report
 
+    if cfg.eval.protocol == "release" and (cfg.data.min_pixels or cfg.data.max_pixels):
+        _log(
+            "warning: eval.protocol=release with data.min_pixels/max_pixels set; the release's "
+            "scripts size images with the checkpoint's own limits (leave both null to match)"
+        )
     model, builder = generation_setup(cfg, model_dir)
     records = _first(records, cfg.eval.max_items)
     options = options_from(EvalOptions, cfg.eval, seed=cfg.seed)
     judgements = judge(model, builder.tokenizer, records, builder, options)
-    summary = summarize(judgements)
+    summary = summarize(judgements, options.protocol)
     if writes_here():
         write_report(summary, judgements, out_dir)
     wait_for_writer(f"eval {out_dir}")
@@ -279,6 +285,7 @@ def _stage_eval(cfg: RunConfig, out: str, report: dict, key: str = "eval") -> No
             "accuracy": summary["accuracy"],
             "format_rate": summary["format_rate"],
             "order_agreement": summary["order_agreement"],
+            **({"benchmarks": summary["benchmarks"]} if "benchmarks" in summary else {}),
         }
     )
     report["final"] = {"accuracy": summary["accuracy"], "format_rate": summary["format_rate"]}

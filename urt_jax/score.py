@@ -33,7 +33,7 @@ def score_file(
 
     records = read_items(path, data_root)
     model, builder = generation_setup(cfg, model_dir)
-    options = options_from(EvalOptions, cfg.eval, swap=False, seed=cfg.seed)
+    options = options_from(EvalOptions, cfg.eval, protocol="both_orders", swap=False, seed=cfg.seed)
     judgements = judge(model, builder.tokenizer, records, builder, options)
     labelled = correct = well_formed = skipped = 0
     rows = []
