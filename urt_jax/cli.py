@@ -39,6 +39,18 @@ def _data_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _data_import(args: argparse.Namespace) -> int:
+    from urt_jax.data.benchmark_import import main
+
+    return main(args.benchmark, args.src, args.out_dir, args.media_dir)
+
+
+def _templates_from_release(args: argparse.Namespace) -> int:
+    from urt_jax.data.release_templates import main
+
+    return main(args.clone_dir, args.out)
+
+
 def _check_builder(args: argparse.Namespace):
     """(example builder or None, max frames, data root) for `data check`: a run config's (its
     model's tokenizer and pixel settings, its templates, max_length and data root), a
@@ -231,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     _stage_command(
         sub,
         "eval",
-        "accuracy on a preference set, both candidate orders",
+        "accuracy on a preference set (both candidate orders, or eval.protocol=release)",
         _eval,
         "HF model directory (default: model.hf_dir)",
     )
@@ -292,6 +304,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse images larger than this (decompression bombs)",
     )
     check.set_defaults(func=_data_check)
+
+    from urt_jax.data.records import BENCHMARKS
+
+    imp = data_sub.add_parser(
+        "import", help="convert a downloaded benchmark to native records and media"
+    )
+    imp.add_argument("benchmark", choices=BENCHMARKS)
+    imp.add_argument("src", help="the benchmark's published file(s): a file or a directory")
+    imp.add_argument("out_dir", help="where the records ({benchmark}.jsonl/.yaml) and media go")
+    imp.add_argument(
+        "--media-dir",
+        action="append",
+        default=[],
+        help="another folder to look for the media files in (repeatable)",
+    )
+    imp.set_defaults(func=_data_import)
+
+    tpl = data_sub.add_parser(
+        "templates-from-release",
+        help="a templates file with the exact prompts of a clone of the release",
+    )
+    tpl.add_argument("clone_dir", help="your clone of CodeGoat24/UnifiedReward")
+    tpl.add_argument("out", help="the templates file to write (YAML), for data.templates")
+    tpl.set_defaults(func=_templates_from_release)
     return parser
 
 
