@@ -2,43 +2,27 @@
 (HF parquet with Image structs, the release's data.json files, VideoGen-RewardBench's CSV), every
 field checked in the records read back, bad rows reported with their file and row."""
 
-import csv
-import io
 import json
 import os
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import yaml
-from PIL import Image
 
+from tests.benchmark_fixtures import (
+    GENAI_IMAGE_SCHEMA,
+    VL_SCHEMA,
+    image_bytes,
+    videogen_row,
+    vl_row,
+    write_parquet,
+    write_video,
+    write_videogen_csv,
+)
 from urt_jax.data.benchmark_import import ImportReport, import_benchmark, main
 from urt_jax.data.benchmarks.convert import vl_rewardbench_group
-from urt_jax.data.media import encode_video
 from urt_jax.data.readers import read_records
 from urt_jax.data.records import PreferenceRecord
-
-HF_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-
-
-def _image(color: tuple[int, int, int], fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 6), color).save(buf, format=fmt)
-    return buf.getvalue()
-
-
-def _video(path, level: int) -> bytes:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    encode_video([np.full((16, 16, 3), level + 10 * i, np.uint8) for i in range(2)], str(path))
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def _parquet(path, rows: list[dict], schema: pa.Schema) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), str(path))
 
 
 def _read_back(report: ImportReport) -> list[PreferenceRecord]:
@@ -68,60 +52,32 @@ def _tag(r: PreferenceRecord) -> tuple:
 
 
 # ------------------------------------------------------------------------------ VL-RewardBench
-VL_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("query", pa.string()),
-        ("response", pa.list_(pa.string())),
-        ("image", HF_IMAGE),
-        ("human_ranking", pa.list_(pa.int64())),
-        ("models", pa.list_(pa.string())),
-        ("judge", pa.string()),
-        ("rationale", pa.string()),
-        ("query_source", pa.string()),
-        ("ground_truth", pa.string()),
-    ]
-)
-
-
-def _vl_row(item_id, image, ranking, query="What is shown?", response=("A cat.", "A dog.")):
-    return {
-        "id": item_id,
-        "query": query,
-        "response": list(response),
-        "image": image,
-        "human_ranking": ranking,
-        "models": ["m1", "m2"],
-        "judge": "human",
-        "rationale": "",
-        "query_source": "src",
-        "ground_truth": "",
-    }
-
-
 def test_vl_rewardbench_parquet_shards(tmp_path):
-    png, jpg, png2 = _image((200, 0, 0)), _image((0, 200, 0), "JPEG"), _image((0, 0, 200))
+    png, jpg = image_bytes((200, 0, 0)), image_bytes((0, 200, 0), "JPEG")
+    png2 = image_bytes((0, 0, 200))
     src = tmp_path / "VL-RewardBench"
     shard0 = src / "data" / "test-00000-of-00002.parquet"
     shard1 = src / "data" / "test-00001-of-00002.parquet"
-    _parquet(
+    write_parquet(
         shard0,
         [
-            _vl_row("RLAIF-V-Dataset_12", {"bytes": png, "path": "a.png"}, [0, 1]),
-            _vl_row("mathverse_3", {"bytes": jpg, "path": None}, [1, 0], "Solve it.", ("1", "2")),
+            vl_row("RLAIF-V-Dataset_12", {"bytes": png, "path": "a.png"}, [0, 1]),
+            vl_row("mathverse_3", {"bytes": jpg, "path": None}, [1, 0], "Solve it.", ("1", "2")),
         ],
         VL_SCHEMA,
     )
-    _parquet(
+    write_parquet(
         shard1,
         [
-            _vl_row("hallucination_pair-7", {"bytes": png2, "path": None}, [0, 1]),
-            _vl_row("wildvision-battle_9", {"bytes": b"not an image", "path": None}, [0, 1]),
+            vl_row("hallucination_pair-7", {"bytes": png2, "path": None}, [0, 1]),
+            vl_row("wildvision-battle_9", {"bytes": b"not an image", "path": None}, [0, 1]),
         ],
         VL_SCHEMA,
     )
     # another split in the same folder is not read
-    _parquet(src / "data" / "train-00000-of-00001.parquet", [_vl_row("x", None, [0, 1])], VL_SCHEMA)
+    write_parquet(
+        src / "data" / "train-00000-of-00001.parquet", [vl_row("x", None, [0, 1])], VL_SCHEMA
+    )
 
     out = tmp_path / "out"
     report = import_benchmark("vl-rewardbench", str(src), str(out))
@@ -157,12 +113,12 @@ def test_vl_rewardbench_parquet_shards(tmp_path):
 def test_vl_rewardbench_release_json(tmp_path):
     folder = tmp_path / "VL-RewardBench"
     (folder / "images").mkdir(parents=True)
-    png = _image((10, 20, 30))
+    png = image_bytes((10, 20, 30))
     (folder / "images" / "RLHF-V_1.png").write_bytes(png)
     rows = [
-        _vl_row("RLHF-V_1", "images/RLHF-V_1.png", [1, 0]),
-        _vl_row("mmmu_2", "images/mmmu_2.png", [0, 1]),  # no such image
-        _vl_row("svit", "images/RLHF-V_1.png", [0, 0]),  # a ranking it does not know
+        vl_row("RLHF-V_1", "images/RLHF-V_1.png", [1, 0]),
+        vl_row("mmmu_2", "images/mmmu_2.png", [0, 1]),  # no such image
+        vl_row("svit", "images/RLHF-V_1.png", [0, 0]),  # a ranking it does not know
     ]
     (folder / "data.json").write_text(json.dumps(rows, indent=4))
     report = import_benchmark("vl-rewardbench", str(folder), str(tmp_path / "out"))
@@ -179,7 +135,7 @@ def test_vl_rewardbench_release_json(tmp_path):
         ("A cat.", "A dog."),
     )
     assert _tag(record) == ("vl-rewardbench", "RLHF-V_1", "hallucination", [1, 0])
-    assert record.media[0].path == str(tmp_path / "out" / "media" / "images" / "RLHF-V_1.png")
+    assert record.media[0].path == str(tmp_path / "out" / "media" / "vl-rewardbench" / "images" / "RLHF-V_1.png")
     assert _bytes(record.media[0].path) == png
 
 
@@ -231,20 +187,8 @@ def test_vl_rewardbench_groups_as_the_release_script(item_id):
 
 
 # ------------------------------------------------------------------------------ GenAI-Bench image
-GENAI_IMAGE_SCHEMA = pa.schema(
-    [
-        ("prompt", pa.string()),
-        ("left_model", pa.string()),
-        ("left_image", HF_IMAGE),
-        ("right_model", pa.string()),
-        ("right_image", HF_IMAGE),
-        ("vote_type", pa.string()),
-    ]
-)
-
-
 def test_genai_bench_image(tmp_path):
-    images = [_image((20 * i, 0, 0)) for i in range(10)]
+    images = [image_bytes((20 * i, 0, 0)) for i in range(10)]
     votes = ["leftvote", "rightvote", "tievote", "bothbad_vote", "upvote"]
     rows = [
         {
@@ -259,8 +203,10 @@ def test_genai_bench_image(tmp_path):
     ]
     src = tmp_path / "GenAI-Bench"
     test_file = src / "image_generation" / "test-00000-of-00001.parquet"
-    _parquet(test_file, rows, GENAI_IMAGE_SCHEMA)
-    _parquet(src / "image_generation" / "test_v1-00000-of-00001.parquet", rows, GENAI_IMAGE_SCHEMA)
+    write_parquet(test_file, rows, GENAI_IMAGE_SCHEMA)
+    write_parquet(
+        src / "image_generation" / "test_v1-00000-of-00001.parquet", rows, GENAI_IMAGE_SCHEMA
+    )
     report = import_benchmark("genai-bench-image", str(src), str(tmp_path / "out"))
     assert report.sources == [str(test_file)]
     assert report.problems == [
@@ -283,8 +229,8 @@ def test_genai_bench_image(tmp_path):
 # ------------------------------------------------------------------------------ GenAI-Bench video
 def test_genai_bench_video_release_json(tmp_path):
     folder = tmp_path / "GenAI-Bench-Video"
-    a = _video(folder / "videos" / "aa.mp4", 0)
-    b = _video(folder / "videos" / "bb.mp4", 100)
+    a = write_video(folder / "videos" / "aa.mp4", 0)
+    b = write_video(folder / "videos" / "bb.mp4", 100)
     rows = [
         {"id": 0, "prompt": "a ball", "video_left": "aa.mp4", "video_right": "bb.mp4",
          "vote_type": "rightvote"},
@@ -313,15 +259,15 @@ def test_genai_bench_video_release_json(tmp_path):
         ("genai-bench-video", "3", None, "leftvote"),
     ]
     assert [[_bytes(m.path) for m in r.media] for r in records] == [[a, b], [b, a], [a, b]]
-    assert sorted(os.listdir(out / "media")) == ["aa.mp4", "bb.mp4"]  # each file once
-    assert os.path.samefile(out / "media" / "aa.mp4", folder / "videos" / "aa.mp4")  # linked
+    assert sorted(os.listdir(out / "media" / "genai-bench-video")) == ["aa.mp4", "bb.mp4"]  # each file once
+    assert os.path.samefile(out / "media" / "genai-bench-video" / "aa.mp4", folder / "videos" / "aa.mp4")  # linked
     assert report.ties == 1
 
 
 def test_genai_bench_video_parquet_urls(tmp_path):
     folder = tmp_path / "GenAI-Bench" / "video_generation"
-    a = _video(folder / "videos" / "aa.mp4", 0)
-    b = _video(folder / "bb.mp4", 100)
+    a = write_video(folder / "videos" / "aa.mp4", 0)
+    b = write_video(folder / "bb.mp4", 100)
     url = "https://example.org/videos/{}.mp4"
     rows = [
         {"prompt": "p0", "left_model": "m1", "left_video": url.format("aa"),
@@ -332,7 +278,7 @@ def test_genai_bench_video_parquet_urls(tmp_path):
          "right_model": "m2", "right_video": url.format("aa"), "vote_type": "bothbad_vote"},
     ]  # fmt: skip
     src = folder / "test-00000-of-00001.parquet"
-    _parquet(src, rows, pa.Table.from_pylist(rows).schema)
+    write_parquet(src, rows, pa.Table.from_pylist(rows).schema)
     report = import_benchmark(
         "genai-bench-video", str(tmp_path / "GenAI-Bench"), str(tmp_path / "o")
     )
@@ -348,35 +294,21 @@ def test_genai_bench_video_parquet_urls(tmp_path):
 
 
 # ------------------------------------------------------------------------- VideoGen-RewardBench
-VIDEOGEN_COLUMNS = ["path_A", "path_B", "A_model", "B_model", "prompt", "VQ", "MQ", "TA", "Overall"]
-VIDEOGEN_COLUMNS += ["fps_A", "num_frames_A", "fps_B", "num_frames_B"]
-
-
-def _videogen_row(a: str, b: str, prompt: str, overall: str) -> dict:
-    row = dict.fromkeys(VIDEOGEN_COLUMNS, "")
-    row |= {"path_A": a, "path_B": b, "A_model": "kling", "B_model": "minimax", "prompt": prompt}
-    row |= {"VQ": "A", "MQ": "B", "TA": "same", "Overall": overall, "fps_A": "24.0"}
-    return row
-
-
 def test_videogen_rewardbench_csv(tmp_path):
     folder = tmp_path / "VideoGen-RewardBench"
-    a = _video(folder / "videos" / "kling" / "k_001.mp4", 0)
-    b = _video(folder / "videos" / "minimax" / "m_001.mp4", 80)
+    a = write_video(folder / "videos" / "kling" / "k_001.mp4", 0)
+    b = write_video(folder / "videos" / "minimax" / "m_001.mp4", 80)
     (folder / "videos" / "minimax" / "broken.mp4").write_bytes(b"not a video")
     ka, mb = "videos/kling/k_001.mp4", "videos/minimax/m_001.mp4"
     rows = [
-        _videogen_row(ka, mb, "Static camera, a ball rolls.\nSlowly.", "A"),
-        _videogen_row(mb, ka, "a dog", "B"),
-        _videogen_row(ka, mb, "a cat", "same"),
-        _videogen_row(ka, mb, "a fox", "C"),
-        _videogen_row(ka, "videos/minimax/broken.mp4", "a hen", "A"),
+        videogen_row(ka, mb, "Static camera, a ball rolls.\nSlowly.", "A"),
+        videogen_row(mb, ka, "a dog", "B"),
+        videogen_row(ka, mb, "a cat", "same"),
+        videogen_row(ka, mb, "a fox", "C"),
+        videogen_row(ka, "videos/minimax/broken.mp4", "a hen", "A"),
     ]
     src = folder / "videogen-rewardbench.csv"
-    with open(src, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=VIDEOGEN_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_videogen_csv(src, rows)
     out = tmp_path / "out"
     report = import_benchmark("videogen-rewardbench", str(folder), str(out))
     assert report.sources == [str(src)]
@@ -401,7 +333,7 @@ def test_videogen_rewardbench_csv(tmp_path):
         ("videogen-rewardbench", "2", None, "same"),
     ]
     assert [[_bytes(m.path) for m in r.media] for r in records] == [[a, b], [b, a], [a, b]]
-    assert records[0].media[0].path == str(out / "media" / "videos" / "kling" / "k_001.mp4")
+    assert records[0].media[0].path == str(out / "media" / "videogen-rewardbench" / "videos" / "kling" / "k_001.mp4")
     # the jsonl read without the YAML finds the media too (its folder is the data root)
     direct = list(read_records(report.out_path))
     assert [r.media for r in direct] == [r.media for r in records]
@@ -409,11 +341,11 @@ def test_videogen_rewardbench_csv(tmp_path):
 
 def test_videogen_rewardbench_parquet_copied_and_main_summary(tmp_path, capsys, monkeypatch):
     folder = tmp_path / "vg"
-    x = _video(folder / "videos" / "x.mp4", 0)
-    _video(folder / "videos" / "y.mp4", 90)
-    rows = [_videogen_row("videos/x.mp4", "videos/y.mp4", "p", "same")]
+    x = write_video(folder / "videos" / "x.mp4", 0)
+    write_video(folder / "videos" / "y.mp4", 90)
+    rows = [videogen_row("videos/x.mp4", "videos/y.mp4", "p", "same")]
     src = folder / "eval.parquet"
-    _parquet(src, rows, pa.Table.from_pylist(rows).schema)
+    write_parquet(src, rows, pa.Table.from_pylist(rows).schema)
 
     def no_link(*args):
         raise OSError("cross-device link")
@@ -423,15 +355,15 @@ def test_videogen_rewardbench_parquet_copied_and_main_summary(tmp_path, capsys, 
     assert main("videogen-rewardbench", str(src), str(out)) == 0
     text = capsys.readouterr().out
     assert "videogen-rewardbench: 1 records written to" in text and "ties: 1" in text
-    copy = out / "media" / "videos" / "x.mp4"
+    copy = out / "media" / "videogen-rewardbench" / "videos" / "x.mp4"
     assert _bytes(copy) == x and not os.path.samefile(copy, folder / "videos" / "x.mp4")
     assert not [f for f in os.listdir(copy.parent) if f.endswith(".tmp")]
 
 
 def test_unreadable_shard_is_reported_and_the_others_imported(tmp_path):
     src = tmp_path / "VL-RewardBench" / "data"
-    row = _vl_row("mmmu_1", {"bytes": _image((1, 2, 3)), "path": None}, [0, 1])
-    _parquet(src / "test-00000-of-00002.parquet", [row], VL_SCHEMA)
+    row = vl_row("mmmu_1", {"bytes": image_bytes((1, 2, 3)), "path": None}, [0, 1])
+    write_parquet(src / "test-00000-of-00002.parquet", [row], VL_SCHEMA)
     (src / "test-00001-of-00002.parquet").write_bytes(b"PAR1 not really")
     report = import_benchmark("vl-rewardbench", str(tmp_path / "VL-RewardBench"), str(tmp_path))
     assert report.records == 1

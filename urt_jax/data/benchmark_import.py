@@ -35,8 +35,8 @@ else ``left`` candidate 1 is better, else ``right`` candidate 2. Ties are writte
 ``benchmark`` tag: the name, the item's id (the benchmark's own, else its row index from 0 over
 all files read), its subset and its label exactly as published.
 
-Media are written under ``OUT_DIR/media`` and named relative to OUT_DIR in the records: embedded
-images as their original encoded bytes (``media/embedded/<row>[_<k>].<png|jpg|...>``), files
+Media are written under ``OUT_DIR/media/BENCHMARK`` and named relative to OUT_DIR in the records:
+embedded images as their original encoded bytes (``embedded/<row>[_<k>].<png|jpg|...>``), files
 under their published relative path (``media/videos/...``), hard-linked where possible, else
 copied; each is decoded (images) or opened (videos) first. Files are looked for beside the source
 file, then (videos) in a ``videos/`` folder beside it, then in ``media_dirs``. A row that cannot
@@ -145,8 +145,9 @@ def _published_relpath(path: str) -> str:
 class _MediaStore:
     """Plans and writes media under OUT_DIR/media; a file used by several rows is written once."""
 
-    def __init__(self, out_dir: str):
+    def __init__(self, out_dir: str, benchmark: str):
         self.out_dir = out_dir
+        self.prefix = f"media/{benchmark}"  # each benchmark apart: one OUT_DIR may hold all four
         self.owner: dict[str, str] = {}  # media path -> what it holds
         self.checked: dict[str, str] = {}  # source file -> extension, once checked
         self.written: set[str] = set()
@@ -164,7 +165,7 @@ class _MediaStore:
             ext = _check(ref.data, kind)
             if kind == "video" and ref.name and "." in ref.name:
                 ext = ref.name.rsplit(".", 1)[1].lower()
-            dest = f"media/embedded/{stem}.{ext}"
+            dest = f"{self.prefix}/embedded/{stem}.{ext}"
             self._claim(dest, f"the embedded {kind} of row {stem}")
             data = ref.data
             return dest, lambda: self._write(
@@ -173,7 +174,7 @@ class _MediaStore:
         source, rel = self._find(ref.path, kind, dirs)
         if source not in self.checked:
             self.checked[source] = _check(source, kind)
-        dest = f"media/{rel}"
+        dest = f"{self.prefix}/{rel}"
         self._claim(dest, source)
         return dest, lambda: self._write(dest, lambda full: _place(source, full))
 
@@ -243,7 +244,7 @@ class _Converter:
         self.name = name
         self.convert = CONVERTERS[name]
         self.media_dirs = media_dirs
-        self.store = _MediaStore(out_dir)
+        self.store = _MediaStore(out_dir, name)
         self.resolve = MediaResolver(out_dir)
         self.seen: dict[str, str] = {}  # record id -> where it was first used
 
