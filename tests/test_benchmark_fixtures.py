@@ -83,7 +83,9 @@ def test_every_downloaded_benchmark_imports(tmp_path):
         _bytes(video_dir / "3f2a9c01.mp4"),
         _bytes(video_dir / "7be41d52.mp4"),
     ]
-    assert videogen[0].media[0].path == str(out / "media/videogen-rewardbench/videos/kling1.5/kling1.5_00017.mp4")
+    assert videogen[0].media[0].path == str(
+        out / "media/videogen-rewardbench/videos/kling1.5/kling1.5_00017.mp4"
+    )
     assert _bytes(videogen[0].media[0].path) == _bytes(
         bench / "VideoGen-RewardBench/videos/kling1.5/kling1.5_00017.mp4"
     )

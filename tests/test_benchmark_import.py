@@ -135,7 +135,9 @@ def test_vl_rewardbench_release_json(tmp_path):
         ("A cat.", "A dog."),
     )
     assert _tag(record) == ("vl-rewardbench", "RLHF-V_1", "hallucination", [1, 0])
-    assert record.media[0].path == str(tmp_path / "out" / "media" / "vl-rewardbench" / "images" / "RLHF-V_1.png")
+    assert record.media[0].path == str(
+        tmp_path / "out" / "media" / "vl-rewardbench" / "images" / "RLHF-V_1.png"
+    )
     assert _bytes(record.media[0].path) == png
 
 
@@ -259,8 +261,13 @@ def test_genai_bench_video_release_json(tmp_path):
         ("genai-bench-video", "3", None, "leftvote"),
     ]
     assert [[_bytes(m.path) for m in r.media] for r in records] == [[a, b], [b, a], [a, b]]
-    assert sorted(os.listdir(out / "media" / "genai-bench-video")) == ["aa.mp4", "bb.mp4"]  # each file once
-    assert os.path.samefile(out / "media" / "genai-bench-video" / "aa.mp4", folder / "videos" / "aa.mp4")  # linked
+    assert sorted(os.listdir(out / "media" / "genai-bench-video")) == [
+        "aa.mp4",
+        "bb.mp4",
+    ]  # each file once
+    assert os.path.samefile(
+        out / "media" / "genai-bench-video" / "aa.mp4", folder / "videos" / "aa.mp4"
+    )  # linked
     assert report.ties == 1
 
 
@@ -333,7 +340,9 @@ def test_videogen_rewardbench_csv(tmp_path):
         ("videogen-rewardbench", "2", None, "same"),
     ]
     assert [[_bytes(m.path) for m in r.media] for r in records] == [[a, b], [b, a], [a, b]]
-    assert records[0].media[0].path == str(out / "media" / "videogen-rewardbench" / "videos" / "kling" / "k_001.mp4")
+    assert records[0].media[0].path == str(
+        out / "media" / "videogen-rewardbench" / "videos" / "kling" / "k_001.mp4"
+    )
     # the jsonl read without the YAML finds the media too (its folder is the data root)
     direct = list(read_records(report.out_path))
     assert [r.media for r in direct] == [r.media for r in records]
