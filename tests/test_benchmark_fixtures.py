@@ -46,7 +46,9 @@ def test_every_downloaded_benchmark_imports(tmp_path):
 
     records = {name: list(read_records(r.yaml_path)) for name, r in reports.items()}
     vl = records["vl-rewardbench"]
-    assert [(r.id, r.benchmark.subset, r.benchmark.label, r.verdict) for r in vl] == [
+    assert [
+        (r.benchmark.item_id, r.benchmark.subset, r.benchmark.label, r.verdict) for r in vl
+    ] == [
         ("RLAIF-V-Dataset_1201", "hallucination", [0, 1], "Answer 1 is better"),
         ("RLHF-V_87", "hallucination", [1, 0], "Answer 2 is better"),
         ("mathverse_mini-312", "reasoning", [1, 0], "Answer 2 is better"),

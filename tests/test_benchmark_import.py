@@ -29,6 +29,7 @@ def _read_back(report: ImportReport) -> list[PreferenceRecord]:
     """The records through the dataset YAML, all valid, plus checks of the files written."""
     records = list(read_records(report.yaml_path))
     assert all(isinstance(r, PreferenceRecord) for r in records), records
+    assert all(r.id == f"{r.benchmark.name}/{r.benchmark.item_id}" for r in records)
     with open(report.yaml_path) as f:
         entry = yaml.safe_load(f)["datasets"][0]
     assert entry["json_path"] == report.out_path
@@ -90,7 +91,11 @@ def test_vl_rewardbench_parquet_shards(tmp_path):
     assert report.subsets == {"hallucination": 1, "reasoning": 1, "general": 1}
 
     records = _read_back(report)
-    assert [r.id for r in records] == ["RLAIF-V-Dataset_12", "mathverse_3", "hallucination_pair-7"]
+    assert [r.benchmark.item_id for r in records] == [
+        "RLAIF-V-Dataset_12",
+        "mathverse_3",
+        "hallucination_pair-7",
+    ]
     assert {r.task for r in records} == {"image_understanding"}
     assert {r.mode for r in records} == {"pairwise"}
     assert [r.prompt for r in records] == ["What is shown?", "Solve it.", "What is shown?"]
@@ -129,7 +134,7 @@ def test_vl_rewardbench_release_json(tmp_path):
         f"{src}:row 2: human_ranking [0, 0] is not [0, 1] or [1, 0]",
     ]
     (record,) = _read_back(report)
-    assert (record.id, record.verdict, record.answers) == (
+    assert (record.benchmark.item_id, record.verdict, record.answers) == (
         "RLHF-V_1",
         "Answer 2 is better",
         ("A cat.", "A dog."),
@@ -217,7 +222,7 @@ def test_genai_bench_image(tmp_path):
     ]
     assert (report.records, report.ties, report.subsets) == (4, 2, {})
     records = _read_back(report)
-    assert [r.id for r in records] == ["0", "1", "2", "3"]
+    assert [r.benchmark.item_id for r in records] == ["0", "1", "2", "3"]
     assert {(r.task, r.mode, r.answers) for r in records} == {("image_generation", "pairwise", ())}
     assert [r.prompt for r in records] == [f"caption {i}" for i in range(4)]
     assert [r.verdict for r in records] == ["Image 1 is better", "Image 2 is better", "tie", "tie"]
@@ -251,7 +256,7 @@ def test_genai_bench_video_release_json(tmp_path):
     assert len(report.problems) == 1
     assert report.problems[0].startswith(f"{src}:row 2: video file 'gone.mp4' not found in ")
     records = _read_back(report)
-    assert [r.id for r in records] == ["0", "1", "3"]
+    assert [r.benchmark.item_id for r in records] == ["0", "1", "3"]
     assert [r.verdict for r in records] == ["Video 2 is better", "tie", "Video 1 is better"]
     assert [r.prompt for r in records] == ["a ball", "a tie", "kite"]
     assert {r.task for r in records} == {"video_generation"}
@@ -295,7 +300,10 @@ def test_genai_bench_video_parquet_urls(tmp_path):
         f"{src}:row 1: video 'https://example.org/videos/cc.mp4': no local copy 'cc.mp4' in "
     )
     records = _read_back(report)
-    assert [(r.id, r.verdict) for r in records] == [("0", "Video 1 is better"), ("2", "tie")]
+    assert [(r.benchmark.item_id, r.verdict) for r in records] == [
+        ("0", "Video 1 is better"),
+        ("2", "tie"),
+    ]
     assert [r.benchmark.label for r in records] == ["leftvote", "bothbad_vote"]
     assert [[_bytes(m.path) for m in r.media] for r in records] == [[a, b], [b, a]]
 
@@ -327,7 +335,7 @@ def test_videogen_rewardbench_csv(tmp_path):
     )
     assert (report.records, report.ties) == (3, 1)
     records = _read_back(report)
-    assert [r.id for r in records] == ["0", "1", "2"]
+    assert [r.benchmark.item_id for r in records] == ["0", "1", "2"]
     assert [r.prompt for r in records] == [
         "Static camera, a ball rolls.\nSlowly.",
         "a dog",

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.benchmark_fixtures import write_downloaded_benchmarks
 from tests.conftest import DEMO_SMALL, working_directory
 from tests.qwen_checkpoint import write_qwen_checkpoint, write_released_data
+from tests.release_clone import write_release_clone
 from urt_jax.cli import main as cli_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -141,7 +143,15 @@ def readme_run(demo_workdir):
         rows = json.load(f)
     with open(os.path.join(data, "cold_start_8.json"), "w") as f:
         json.dump(rows * 2, f)
-    env = {"MODEL": model, "DATA": data, "RUN": str(work / "runs" / "my-judge")}
+    bench = work / "paper-benchmarks"  # as the README's download commands leave it
+    write_downloaded_benchmarks(str(bench))
+    write_release_clone(bench / "UnifiedReward")
+    env = {
+        "MODEL": model,
+        "DATA": data,
+        "RUN": str(work / "runs" / "my-judge"),
+        "BENCH": str(bench),
+    }
     fill_in_pod_configs(work, os.path.join(env["RUN"], "cold_start", "hf"), data)
     old_env = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -202,6 +212,33 @@ def test_own_checkpoint_stages_chain(readme_run):
         if stage == "rejection_sampling":
             out = work / "shared" / "7b" / "rejection_sampling"
         assert out.is_dir(), out
+
+
+def test_paper_table_from_the_downloaded_benchmarks(readme_run):
+    """The README's paper-table commands: the release's prompts read from the clone, the four
+    benchmarks imported from their download folders, judged once each under the release protocol,
+    with a figure for every column of the paper's table."""
+    _, env, _, _ = readme_run
+    run = env["RUN"]
+    templates = yaml.safe_load(open(os.path.join(run, "release_templates.yaml")))
+    assert templates["image_generation"]["pairwise"].startswith("Rate two pictures of one caption")
+    summary = json.load(open(os.path.join(run, "paper", "eval", "eval.json")))
+    assert summary["protocol"] == "release"
+    bench = summary["benchmarks"]
+    sizes = {
+        "vl-rewardbench": (6, 0),
+        "genai-bench-image": (4, 2),
+        "genai-bench-video": (3, 1),
+        "videogen-rewardbench": (4, 1),
+    }
+    assert {b: (m["items"] + m["skipped"], m["ties"]) for b, m in bench.items()} == sizes
+    rows = [json.loads(x) for x in open(os.path.join(run, "paper", "eval", "judgements.jsonl"))]
+    assert len(rows) == 17 and sum("not_judged" in r for r in rows) == 3  # GenAI-Bench's ties
+    assert all(r["order"] == "original" for r in rows if r["benchmark"] == "videogen-rewardbench")
+    table = open(os.path.join(run, "paper", "eval", "eval.md")).read()
+    assert (
+        "| model | VL-RewardBench overall | VL-RewardBench macro | GenAI-Bench image tau" in table
+    )
 
 
 def test_exported_judge_gives_transformers_logits(readme_run):

@@ -222,7 +222,13 @@ def _place(source: str, full: str) -> None:
 
 
 def _native(name: str, item: Item, rid: str, media: list[str]) -> dict:
-    obj: dict = {"id": rid, "task": item.task, "mode": "pairwise", "prompt": item.prompt}
+    # the record's id names the benchmark: one evaluation may hold several benchmarks' items
+    obj: dict = {
+        "id": f"{name}/{rid}",
+        "task": item.task,
+        "mode": "pairwise",
+        "prompt": item.prompt,
+    }
     if item.answers:
         obj["answers"] = list(item.answers)
     obj["videos" if item.task.startswith("video") else "images"] = media
