@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from urt_jax.atomic import write_text
-from urt_jax.data.records import TASKS
+from urt_jax.data.records import PAIRWISE_VERDICTS, TASKS
 from urt_jax.data.templates import Templates
 from urt_jax.resources import DEFAULT_TEMPLATES
 
@@ -33,12 +33,6 @@ _BENCHMARKS = {
     "video_generation": ["GenAI-Bench-Video", "VideoGen-RewardBench"],
     "image_understanding": ["VL-RewardBench"],
     "video_understanding": [],
-}
-_VERDICTS = {
-    "image_generation": ("Image 1 is better", "Image 2 is better"),
-    "video_generation": ("Video 1 is better", "Video 2 is better"),
-    "image_understanding": ("Answer 1 is better", "Answer 2 is better"),
-    "video_understanding": ("Answer 1 is better", "Answer 2 is better"),
 }
 _FIELDS = {
     "image_generation": {"prompt"},
@@ -165,7 +159,7 @@ def _prompt_in(source: str, task: str) -> str:
         tree = ast.parse(source)
     except SyntaxError as e:
         raise ReleaseTemplateError(f"cannot parse it: {e.msg} (line {e.lineno})") from None
-    markers = ("<think>", "<answer>", *_VERDICTS[task])
+    markers = ("<think>", "<answer>", *PAIRWISE_VERDICTS[task])
     reasons = []
     for parts in _strings(tree):
         literal = "".join(p for p in parts if isinstance(p, str))
