@@ -91,11 +91,11 @@ def test_decoder_layers_scan_rolled_for_tpu_unrolled_on_cpu():
     text = TextModel(config.text, DTypePolicy(), nnx.Rngs(0))
     b, t, d = 2, 8, config.text.hidden_size
     x, cos = jnp.ones((b, t, d)), jnp.ones((b, t, config.text.head_dim))
-    mask = jnp.ones((b, t, t), bool)
+    valid = jnp.ones((b, t), bool)
 
     def program():  # fresh functions: jit must not hand back the other target's trace
         graphdef, state = nnx.split(text)
-        loss = lambda s: nnx.merge(graphdef, s)(x, cos, cos, mask).sum()  # noqa: E731
+        loss = lambda s: nnx.merge(graphdef, s)(x, cos, cos, valid).sum()  # noqa: E731
         return jax.jit(jax.grad(loss)).lower(state).as_text()
 
     on_cpu = program()

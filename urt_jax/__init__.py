@@ -5,11 +5,11 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 
-def from_pretrained(model_dir, dtype=None, mesh=None, remat: str = "none"):
+def from_pretrained(model_dir, dtype=None, mesh=None, remat: str = "none", kernels: str = "auto"):
     """Loads a Hugging Face Qwen2.5-VL directory as a flax.nnx model (see urt_jax.model.hf)."""
     from urt_jax.model.hf import from_pretrained as _load
 
-    return _load(model_dir, dtype=dtype, mesh=mesh, remat=remat)
+    return _load(model_dir, dtype=dtype, mesh=mesh, remat=remat, kernels=kernels)
 
 
 def save_pretrained(model, out_dir, **kwargs) -> None:

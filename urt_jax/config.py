@@ -31,6 +31,9 @@ class ModelSection:
     hf_dir: str | None = None  # or a Hugging Face Qwen2.5-VL directory to start from
     dtype: str = "float32"  # float32 | bfloat16 | mixed_bfloat16
     remat: str = "none"
+    # the attention implementation: "auto" (the backend's), "cpu", "tpu" (Pallas splash
+    # attention) or "gpu" (cuDNN flash attention); see urt_jax.model.attention
+    kernels: str = "auto"
 
 
 @dataclasses.dataclass
@@ -234,6 +237,7 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
 
 
 _CHOICES = {
+    ("model", "kernels"): ("auto", "cpu", "tpu", "gpu"),
     ("eval", "protocol"): ("both_orders", "release"),
     ("eval", "mode"): ("cot", "direct"),
 }

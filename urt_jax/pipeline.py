@@ -196,7 +196,7 @@ def generation_setup(cfg: RunConfig, model_dir: str):
     if cfg.mesh.distributed:
         initialize_distributed(cfg.mesh)
         mesh = make_mesh(cfg.mesh)
-    model = from_pretrained(model_dir, dtype=cfg.model.dtype, mesh=mesh)
+    model = from_pretrained(model_dir, dtype=cfg.model.dtype, mesh=mesh, kernels=cfg.model.kernels)
     return model, _builder(cfg, model_dir, include_reply=False)
 
 

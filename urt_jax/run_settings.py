@@ -22,6 +22,7 @@ EXECUTION_ONLY = (
     "output_dir",
     "mesh",
     "model.remat",  # recomputes the same activations
+    "model.kernels",  # the same attention, another implementation
     "train.progress",
     "train.log_every",
     "train.checkpoint_every",

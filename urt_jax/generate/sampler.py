@@ -30,7 +30,7 @@ from urt_jax.model.kernels import targets_cpu
 from urt_jax.model.layers import Dense
 from urt_jax.model.qwen2_5_vl import Qwen25VL
 from urt_jax.model.rope import mrope_cos_sin
-from urt_jax.model.text import KVCache, causal_padding_mask
+from urt_jax.model.text import KVCache
 from urt_jax.sharding.mesh import batch_ways, put_whole, to_host
 
 PROMPT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -168,10 +168,10 @@ def _prefill(model: Qwen25VL, layers, inputs: ModelInputs, num_samples: int, new
     values once, and ``new_slots`` empty slots for each of their ``num_samples`` rows."""
     x = model.embed(inputs)
     cos, sin = mrope_cos_sin(inputs.position_ids, model.config, x.dtype)
-    mask = causal_padding_mask(inputs.attention_mask)
+    valid = inputs.attention_mask.astype(bool)
     caches = []
     for layer in layers:
-        x, (k, v) = layer.step(x, cos, sin, mask)
+        x, (k, v) = layer.step(x, cos, sin, valid)
         caches.append(KVCache.from_prefill(k, v, num_samples, new_slots))
     return model.language_model.norm(x[:, -1:]), caches
 

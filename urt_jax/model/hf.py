@@ -225,8 +225,10 @@ def legacy_key(key: str) -> str:
 
 
 # ------------------------------------------------------------------------------ loading
-def _abstract_model(config: Qwen25VLConfig, policy: DTypePolicy, remat: str):
-    return nnx.eval_shape(lambda: Qwen25VL(config, dtype=policy, remat=remat, rngs=nnx.Rngs(0)))
+def _abstract_model(config: Qwen25VLConfig, policy: DTypePolicy, remat: str, kernels: str):
+    return nnx.eval_shape(
+        lambda: Qwen25VL(config, dtype=policy, remat=remat, kernels=kernels, rngs=nnx.Rngs(0))
+    )
 
 
 def checkpoint_dtype(ckpt: SafetensorsCheckpoint) -> str:
@@ -319,12 +321,14 @@ def from_pretrained(
     dtype: str | DTypePolicy | None = None,
     mesh: jax.sharding.Mesh | None = None,
     remat: str = "none",
+    kernels: str = "auto",
 ) -> Qwen25VL:
     """Loads a Hugging Face Qwen2.5-VL directory into a urt_jax model.
 
     dtype: "float32", "bfloat16", "mixed_bfloat16" (fp32 params, bf16 compute) or a DTypePolicy;
     None keeps the checkpoint's dtype (a bf16 checkpoint stays bf16). With a mesh, every tensor is
-    read and placed directly into its shards (urt_jax.sharding.rules).
+    read and placed directly into its shards (urt_jax.sharding.rules). ``kernels``: the attention
+    implementation, "cpu", "tpu", "gpu" or "auto" (the default backend's; urt_jax.model.attention).
     """
     model_dir = os.fspath(model_dir)
     if not os.path.isdir(model_dir):
@@ -334,7 +338,7 @@ def from_pretrained(
         with SafetensorsCheckpoint.open(model_dir) as ckpt:
             dtype = checkpoint_dtype(ckpt)
     policy = DTypePolicy.parse(dtype)
-    abstract = _abstract_model(config, policy, remat)
+    abstract = _abstract_model(config, policy, remat, kernels)
     graphdef, _ = nnx.split(abstract)
     state = load_params_from_hf(model_dir, config, abstract, mesh)
     model = nnx.merge(graphdef, state)

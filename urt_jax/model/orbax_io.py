@@ -49,6 +49,7 @@ def load_orbax(
     dtype: str | DTypePolicy | None = None,
     mesh: jax.sharding.Mesh | None = None,
     remat: str = "none",
+    kernels: str = "auto",
 ) -> Qwen25VL:
     """Restores a model saved by save_orbax, optionally sharded onto ``mesh``.
 
@@ -62,7 +63,7 @@ def load_orbax(
         raise FileNotFoundError(f"{model_dir}: no orbax '{PARAMS_DIR}/' directory here")
     config = Qwen25VLConfig.from_hf_file(model_dir)
     policy = DTypePolicy.parse(dtype if dtype is not None else config.dtype)
-    abstract = _abstract_model(config, policy, remat)
+    abstract = _abstract_model(config, policy, remat, kernels)
     graphdef, state = nnx.split(abstract)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     params = nnx.state(abstract, nnx.Param)

@@ -6,12 +6,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from urt_jax.model.attention import resolve_kernels
 from urt_jax.model.config import Qwen25VLConfig
 from urt_jax.model.inputs import ModelInputs, prepare_inputs
 from urt_jax.model.layers import Dense, DTypePolicy
 from urt_jax.model.remat import check_remat
 from urt_jax.model.rope import mrope_cos_sin
-from urt_jax.model.text import TextModel, causal_padding_mask
+from urt_jax.model.text import TextModel
 from urt_jax.model.vision import VisionTower
 
 
@@ -28,6 +29,7 @@ class Qwen25VL(nnx.Module):
         *,
         dtype: str | DTypePolicy = "float32",
         remat: str = "none",
+        kernels: str = "auto",
         rngs: nnx.Rngs | None = None,
     ):
         config.validate()
@@ -35,8 +37,9 @@ class Qwen25VL(nnx.Module):
         self.config = config
         self.policy = DTypePolicy.parse(dtype)
         check_remat(remat)
-        self.visual = VisionTower(config.vision, self.policy, rngs, remat=remat)
-        self.language_model = TextModel(config.text, self.policy, rngs, remat=remat)
+        self.kernels = resolve_kernels(kernels)  # the attention implementation (model.attention)
+        self.visual = VisionTower(config.vision, self.policy, rngs, remat, self.kernels)
+        self.language_model = TextModel(config.text, self.policy, rngs, remat, self.kernels)
         self.lm_head = (
             None
             if config.tie_word_embeddings
@@ -87,8 +90,7 @@ class Qwen25VL(nnx.Module):
         """Final-norm hidden states [B, T, D]."""
         x = self.embed(inputs)
         cos, sin = mrope_cos_sin(inputs.position_ids, self.config, x.dtype)
-        mask = causal_padding_mask(inputs.attention_mask)
-        return self.language_model(x, cos, sin, mask)
+        return self.language_model(x, cos, sin, inputs.attention_mask.astype(bool))
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         if self.lm_head is None:

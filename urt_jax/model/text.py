@@ -8,14 +8,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from urt_jax.model.attention import causal_attention
 from urt_jax.model.config import TextConfig
-from urt_jax.model.kernels import (
-    apply_rotary,
-    causal_blocks,
-    gqa_attention,
-    masked_softmax,
-    targets_cpu,
-)
+from urt_jax.model.kernels import apply_rotary, masked_softmax, targets_cpu
 from urt_jax.model.layers import (
     Dense,
     DTypePolicy,
@@ -28,7 +23,8 @@ from urt_jax.sharding.rules import constrain
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: TextConfig, policy: DTypePolicy, rngs: nnx.Rngs):
+    def __init__(self, cfg: TextConfig, policy: DTypePolicy, rngs: nnx.Rngs, kernels: str = "cpu"):
+        self.kernels = kernels  # "cpu" | "tpu" | "gpu": the attention implementation
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
@@ -54,15 +50,14 @@ class Attention(nnx.Module):
         c, s = cos[:, :, None, :], sin[:, :, None, :]
         return apply_rotary(q, c, s), apply_rotary(k, c, s), v
 
-    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-        """Causal GQA self-attention. q [B, T, H, D]; k, v [B, T, KV, D]; mask [B, T, T] bool,
-        causal (``causal_padding_mask``): the queries are split into blocks that skip the keys
-        after them (``causal_blocks``).
+    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array) -> jax.Array:
+        """Causal GQA self-attention (``attention.causal_attention`` with this layer's kernels).
+        q [B, T, H, D]; k, v [B, T, KV, D]; valid [B, T] bool, False at padding.
 
         Query head h uses kv head h // (H / KV), as transformers' repeat_kv.
         """
         b, tq, _, d = q.shape
-        o = gqa_attention(q, k, v, mask, d**-0.5, causal_blocks(tq))
+        o = causal_attention(q, k, v, valid, d**-0.5, self.kernels)
         return self.o_proj(o.reshape(b, tq, self.num_heads * d))
 
     def attend_cache(
@@ -77,9 +72,9 @@ class Attention(nnx.Module):
         o = shared_prompt_attention(q, cache, prompt_mask, new_valid, d**-0.5)
         return self.o_proj(o.reshape(r, 1, self.num_heads * d))
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, valid: jax.Array) -> jax.Array:
         q, k, v = self.project_qkv(x, cos, sin)
-        return self.attend(q, k, v, mask)
+        return self.attend(q, k, v, valid)
 
 
 class KVCache(NamedTuple):
@@ -161,11 +156,11 @@ def shared_prompt_attention(
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, cfg: TextConfig, policy: DTypePolicy, rngs: nnx.Rngs):
+    def __init__(self, cfg: TextConfig, policy: DTypePolicy, rngs: nnx.Rngs, kernels: str = "cpu"):
         norm = dict(eps=cfg.rms_norm_eps, axis_name="norm", policy=policy)
         self.input_layernorm = RMSNorm(cfg.hidden_size, **norm)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, **norm)
-        self.self_attn = Attention(cfg, policy, rngs)
+        self.self_attn = Attention(cfg, policy, rngs, kernels)
         self.mlp = GatedMLP(
             cfg.hidden_size,
             cfg.intermediate_size,
@@ -176,13 +171,13 @@ class DecoderLayer(nnx.Module):
             rngs=rngs,
         )
 
-    def __call__(self, x, cos, sin, mask):
-        return self.step(x, cos, sin, mask)[0]
+    def __call__(self, x, cos, sin, valid):
+        return self.step(x, cos, sin, valid)[0]
 
-    def step(self, x, cos, sin, mask):
+    def step(self, x, cos, sin, valid):
         """The layer, also returning the keys and values [B, T, KV, D] it attended to."""
         q, k, v = self.self_attn.project_qkv(self.input_layernorm(x), cos, sin)
-        x = x + self.self_attn.attend(q, k, v, mask)
+        x = x + self.self_attn.attend(q, k, v, valid)
         return x + self.mlp(self.post_attention_layernorm(x)), (k, v)
 
     def decode(self, x, cos, sin, cache: KVCache, prompt_mask, index):
@@ -228,24 +223,32 @@ def _stack_layers(layers: list[DecoderLayer]) -> DecoderLayer:
 
 
 class TextModel(nnx.Module):
-    def __init__(self, cfg: TextConfig, policy: DTypePolicy, rngs: nnx.Rngs, remat: str = "none"):
+    def __init__(
+        self,
+        cfg: TextConfig,
+        policy: DTypePolicy,
+        rngs: nnx.Rngs,
+        remat: str = "none",
+        kernels: str = "cpu",
+    ):
         self.remat = remat
         self.num_layers = cfg.num_hidden_layers
         # layers per iteration of the scan; None: all of them on XLA:CPU, else 1 (see __call__)
         self.scan_unroll: int | None = None
         self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, policy=policy, rngs=rngs)
         self.layers = _stack_layers(
-            [DecoderLayer(cfg, policy, rngs) for _ in range(cfg.num_hidden_layers)]
+            [DecoderLayer(cfg, policy, rngs, kernels) for _ in range(cfg.num_hidden_layers)]
         )
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, axis_name="norm", policy=policy)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
-        """Final-norm hidden states [B, T, D] from input embeddings [B, T, D]."""
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, valid: jax.Array) -> jax.Array:
+        """Final-norm hidden states [B, T, D] from input embeddings [B, T, D]; valid [B, T] bool
+        is False at padding."""
         graphdef, state = nnx.split(self.layers)
 
         def one_layer(x, layer_state):
             layer = nnx.merge(graphdef, layer_state)
-            x = call_block(layer, self.remat, constrain(x, ACTIVATION_AXES), cos, sin, mask)
+            x = call_block(layer, self.remat, constrain(x, ACTIVATION_AXES), cos, sin, valid)
             return constrain(x, ACTIVATION_AXES), None
 
         # Unrolled on XLA:CPU, where the rolled loop's slices of the stack and its stacked
@@ -264,10 +267,3 @@ class TextModel(nnx.Module):
             nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state))
             for i in range(self.num_layers)
         ]
-
-
-def causal_padding_mask(attention_mask: jax.Array) -> jax.Array:
-    """[B, T, T] bool: query i attends key j iff j <= i and key j is not padding."""
-    t = attention_mask.shape[-1]
-    causal = jnp.tril(jnp.ones((t, t), bool))
-    return causal[None] & attention_mask.astype(bool)[:, None, :]

@@ -11,21 +11,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from urt_jax.model.attention import segment_attention
 from urt_jax.model.config import VisionConfig
 from urt_jax.model.kernels import apply_rotary
-from urt_jax.model.layers import (
-    Dense,
-    DTypePolicy,
-    GatedMLP,
-    RMSNorm,
-    masked_softmax_attention,
-)
+from urt_jax.model.layers import Dense, DTypePolicy, GatedMLP, RMSNorm
 from urt_jax.model.remat import call_block
 from urt_jax.model.rope import vision_cos_sin
 
 
 class VisionAttention(nnx.Module):
-    def __init__(self, cfg: VisionConfig, policy: DTypePolicy, rngs: nnx.Rngs):
+    def __init__(self, cfg: VisionConfig, policy: DTypePolicy, rngs: nnx.Rngs, kernels: str):
+        self.kernels = kernels
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.head_dim
         d = cfg.hidden_size
@@ -50,18 +46,17 @@ class VisionAttention(nnx.Module):
         valid = segments < n
         zero = jnp.zeros((1, self.num_heads, self.head_dim), x.dtype)
         qs, ks, vs = (jnp.concatenate([a, zero])[segments] for a in (q, k, v))  # [S, L, H, D]
-        mask = valid[:, None, None, :]  # [S, 1, 1, L] over keys
-        o = masked_softmax_attention(qs, ks, vs, mask, self.head_dim**-0.5, "sqhd,skhd->shqk")
+        o = segment_attention(qs, ks, vs, valid, self.head_dim**-0.5, self.kernels)
         out = jnp.zeros((n + 1, self.num_heads, self.head_dim), o.dtype).at[segments].set(o)
         return self.proj(out[:n].reshape(n, -1))
 
 
 class VisionBlock(nnx.Module):
-    def __init__(self, cfg: VisionConfig, policy: DTypePolicy, rngs: nnx.Rngs):
+    def __init__(self, cfg: VisionConfig, policy: DTypePolicy, rngs: nnx.Rngs, kernels: str):
         norm = dict(eps=cfg.norm_eps, axis_name="vision_norm", policy=policy)
         self.norm1 = RMSNorm(cfg.hidden_size, **norm)
         self.norm2 = RMSNorm(cfg.hidden_size, **norm)
-        self.attn = VisionAttention(cfg, policy, rngs)
+        self.attn = VisionAttention(cfg, policy, rngs, kernels)
         self.mlp = GatedMLP(
             cfg.hidden_size,
             cfg.intermediate_size,
@@ -121,11 +116,18 @@ class PatchMerger(nnx.Module):
 
 
 class VisionTower(nnx.Module):
-    def __init__(self, cfg: VisionConfig, policy: DTypePolicy, rngs: nnx.Rngs, remat: str = "none"):
+    def __init__(
+        self,
+        cfg: VisionConfig,
+        policy: DTypePolicy,
+        rngs: nnx.Rngs,
+        remat: str = "none",
+        kernels: str = "cpu",
+    ):
         self.cfg = cfg
         self.remat = remat
         self.patch_embed = PatchEmbed(cfg, policy, rngs)
-        self.blocks = nnx.List([VisionBlock(cfg, policy, rngs) for _ in range(cfg.depth)])
+        self.blocks = nnx.List([VisionBlock(cfg, policy, rngs, kernels) for _ in range(cfg.depth)])
         self.merger = PatchMerger(cfg, policy, rngs)
 
     def __call__(

@@ -36,11 +36,22 @@ def load_model(cfg: RunConfig, mesh, hf_dir: str | None = None):
     """The starting model: an HF directory (loaded into its shards) or a random init."""
     hf_dir = hf_dir or cfg.model.hf_dir
     if hf_dir:
-        return from_pretrained(hf_dir, dtype=cfg.model.dtype, mesh=mesh, remat=cfg.model.remat)
+        return from_pretrained(
+            hf_dir,
+            dtype=cfg.model.dtype,
+            mesh=mesh,
+            remat=cfg.model.remat,
+            kernels=cfg.model.kernels,
+        )
     if not cfg.model.config:
         raise ValueError("model: set model.hf_dir or model.config")
     return init_model(
-        Qwen25VLConfig.from_yaml(cfg.model.config), cfg.model.dtype, cfg.model.remat, cfg.seed, mesh
+        Qwen25VLConfig.from_yaml(cfg.model.config),
+        cfg.model.dtype,
+        cfg.model.remat,
+        cfg.seed,
+        mesh,
+        kernels=cfg.model.kernels,
     )
 
 
