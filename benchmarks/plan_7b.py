@@ -5,14 +5,16 @@ ahead of time with abstract arrays on a CPU mesh of fake devices, reporting per-
     python benchmarks/plan_7b.py --out plan.json [--meshes ...] [--quick]
 
 Nothing is allocated: parameters, optimiser state and batches are ``jax.ShapeDtypeStruct`` with
-the shardings of the project's rules table. The programs are traced for TPU
-(``kernels.compile_target``): the layout workarounds for XLA:CPU are left out and the decoder
-layers run as a rolled scan, as on a pod. The model and run settings come from
-configs/model/qwen2_5_vl_7b.yaml and configs/pod/qwen2_5_vl_7b_cold_start.yaml (SFT) and
-configs/pod/qwen2_5_vl_7b_grpo.yaml (GRPO). Memory is that of the full model compiled as it runs.
-``cost_analysis`` counts a loop's body once, so FLOPs come from the same programs compiled with
-1 and 2 decoder layers unrolled, extrapolated linearly to the full depth. Parameter, optimiser
-and gradient bytes are exact (counted from the full model's shard shapes).
+the shardings of the project's rules table. The model is built for TPU (``kernels="tpu"``):
+the layout workarounds for XLA:CPU are left out, the decoder layers run as a rolled scan, as on
+a pod, and attention is splash attention (compiled here in Pallas' interpret mode, so its
+temporaries are the kernel's tiles, not [queries, keys] probabilities). The model and run
+settings come from configs/model/qwen2_5_vl_7b.yaml and
+configs/pod/qwen2_5_vl_7b_cold_start.yaml (SFT) and configs/pod/qwen2_5_vl_7b_grpo.yaml (GRPO).
+Memory is that of the full model compiled as it runs. ``cost_analysis`` counts a loop's body once,
+so FLOPs come from the same programs compiled with 1 and 2 decoder layers unrolled, extrapolated
+linearly to the full depth. Parameter, optimiser and gradient bytes are exact (counted from the
+full model's shard shapes).
 """
 
 from __future__ import annotations
@@ -54,7 +56,6 @@ from benchmarks.plan_shapes import (  # noqa: E402
 )
 from urt_jax.config import load_run_config  # noqa: E402
 from urt_jax.model.config import Qwen25VLConfig  # noqa: E402
-from urt_jax.model.kernels import compile_target  # noqa: E402
 from urt_jax.sharding.init import abstract_model  # noqa: E402
 from urt_jax.sharding.mesh import MeshConfig, batch_ways, make_mesh  # noqa: E402
 from urt_jax.sharding.mesh import replicated as replicated_sharding  # noqa: E402
@@ -104,7 +105,7 @@ def abstract_gradients(params, mesh):
 
 def planned_model(config, run, mesh, unroll: int | None):
     """The abstract model, its decoder layers scanned ``unroll`` at a time (None: as it runs)."""
-    model = abstract_model(config, mesh, run.model.dtype, run.model.remat)
+    model = abstract_model(config, mesh, run.model.dtype, run.model.remat, kernels="tpu")
     model.language_model.scan_unroll = unroll
     return model
 
@@ -167,7 +168,7 @@ def compile_grpo(config, run, mesh, unroll: int | None = None) -> dict:
 
 def resident_bytes(config, run, mesh) -> dict:
     """Exact per-device bytes of the full model's parameters, optimiser state and gradients."""
-    model = abstract_model(config, mesh, run.model.dtype, run.model.remat)
+    model = abstract_model(config, mesh, run.model.dtype, run.model.remat, kernels="tpu")
     _, params, frozen = nnx.split(model, trainable_filter(run.train.freeze_vision), ...)
     tx = make_optimizer(run.train, run.train.max_steps)
     opt = init_train_state(params, tx, mesh, run.seed)["opt_state"]
@@ -303,5 +304,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with compile_target("tpu"):  # the TPU program, without XLA:CPU's workarounds
-        main()
+    main()

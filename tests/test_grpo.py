@@ -18,6 +18,7 @@ from urt_jax.data.synthetic import SyntheticConfig, write_synthetic
 from urt_jax.data.templates import Templates
 from urt_jax.data.tokenizer import load_tokenizer
 from urt_jax.model.config import Qwen25VLConfig
+from urt_jax.model.kernels import CPU_WORKAROUND
 from urt_jax.sharding.init import abstract_model, init_model
 from urt_jax.sharding.mesh import MeshConfig, make_mesh
 from urt_jax.train.grpo import GRPOTrainer
@@ -204,3 +205,16 @@ def test_micro_batch_rows_are_checked(setup, micro, shape, message):
     trainer = GRPOTrainer(abstract_model(config, mesh), mesh, TRAIN, _grpo(micro_batch_rows=micro))
     with pytest.raises(ValueError, match=message):
         trainer.micro_batches(rollouts)
+
+
+@pytest.mark.parametrize("kernels", ["cpu", "tpu", "gpu"])
+def test_grpo_update_holds_cpu_workarounds_only_when_built_for_the_cpu(setup, kernels):
+    config, rollouts = setup
+    model = init_model(config, seed=0, kernels=kernels)
+    trainer = GRPOTrainer(model, make_mesh(MeshConfig(1, 1, 1)), TRAIN, _grpo())
+    (micro,) = trainer.micro_batches(rollouts)
+    p = rollouts.prompt_length
+    lowered = trainer._update.lower(
+        trainer.state, trainer.frozen, micro, None, None, prompt_length=p
+    )
+    assert (CPU_WORKAROUND in lowered.as_text(debug_info=True)) == (kernels == "cpu")

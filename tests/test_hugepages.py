@@ -30,6 +30,22 @@ print(json.dumps({"tunables": os.environ.get("GLIBC_TUNABLES"), "faults": faults
 """
 
 
+def test_only_where_jax_runs_on_the_cpu(tmp_path):
+    assert hugepages.runs_on_cpu({}, accelerator=False)
+    assert not hugepages.runs_on_cpu({}, accelerator=True)  # a TPU VM or a GPU host
+    assert hugepages.runs_on_cpu({"JAX_PLATFORMS": "cpu"}, accelerator=True)
+    assert not hugepages.runs_on_cpu({"JAX_PLATFORMS": "tpu,cpu"}, accelerator=False)
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    assert not hugepages.accelerator_present(str(dev))
+    (dev / "nvidia0").touch()
+    assert hugepages.accelerator_present(str(dev))
+    (dev / "nvidia0").unlink()
+    (dev / "vfio").mkdir()
+    (dev / "vfio" / "0").touch()  # a TPU v5e/v5p/v6e chip
+    assert hugepages.accelerator_present(str(dev))
+
+
 def test_wanted_only_where_glibc_and_the_kernel_can_and_nobody_said_otherwise():
     assert hugepages.wanted({}, "madvise", MODERN_GLIBC)
     assert hugepages.wanted({}, "always", MODERN_GLIBC)

@@ -14,7 +14,6 @@ from urt_jax.model.config import Qwen25VLConfig
 from urt_jax.model.kernels import (
     apply_rotary,
     causal_blocks,
-    compile_target,
     gqa_attention,
     linear,
     swiglu,
@@ -47,10 +46,11 @@ def test_swiglu_matches_autodiff():
         for s, c in (((2, 5, 8), 1.0), ((8, 12), 0.5), ((8, 12), 0.5), ((12, 8), 0.5))
     )
     plain = lambda x, wg, wu, wd: (jax.nn.silu(x @ wg) * (x @ wu)) @ wd  # noqa: E731
-    np.testing.assert_allclose(swiglu(x, wg, wu, wd), plain(x, wg, wu, wd), atol=1e-6)
+    fused = lambda x, wg, wu, wd: swiglu(x, wg, wu, wd, True)  # noqa: E731
+    np.testing.assert_allclose(fused(x, wg, wu, wd), plain(x, wg, wu, wd), atol=1e-6)
     weights = jnp.asarray(rng.standard_normal((2, 5, 8), np.float32))
     for got, want in zip(
-        _grads(swiglu, (x, wg, wu, wd), weights),
+        _grads(fused, (x, wg, wu, wd), weights),
         _grads(plain, (x, wg, wu, wd), weights),
         strict=True,
     ):
@@ -61,49 +61,45 @@ def test_linear_matches_autodiff():
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal((2, 5, 8), np.float32))
     w = jnp.asarray(rng.standard_normal((8, 6), np.float32))
-    np.testing.assert_array_equal(tokens_major(x), np.asarray(x).reshape(10, 8).T)
+    for cpu_layout in (True, False):
+        np.testing.assert_array_equal(tokens_major(x, cpu_layout), np.asarray(x).reshape(10, 8).T)
     weights = jnp.asarray(rng.standard_normal((2, 5, 6), np.float32))
+    dense = lambda x, w: linear(x, w, True)  # noqa: E731
     for got, want in zip(
-        _grads(linear, (x, w), weights), _grads(jnp.dot, (x, w), weights), strict=True
+        _grads(dense, (x, w), weights), _grads(jnp.dot, (x, w), weights), strict=True
     ):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_cpu_workaround_follows_the_compile_target():
+def test_cpu_layout_is_a_value_jit_keys_on():
     """The weight gradient's transposed copy is made in a conditional's branch for XLA:CPU only;
-    traced for TPU (as benchmarks/plan_7b.py does) the program has no conditional."""
+    the flag is an argument, so one jitted function gives each program in turn."""
     x, w = jnp.ones((4, 8)), jnp.ones((8, 6))
-
-    def program():  # a fresh function each time, so jit's cache cannot hand back another trace
-        return jax.jit(jax.grad(lambda w: linear(x, w).sum())).lower(w).as_text()
-
-    on_cpu = program()
-    with compile_target("tpu"):
-        for_tpu = program()
-    assert ("case" in on_cpu) == (jax.default_backend() == "cpu")
-    assert "case" not in for_tpu
+    grad = jax.jit(jax.grad(lambda w, cpu: linear(x, w, cpu).sum()), static_argnums=1)
+    assert "case" in grad.lower(w, True).as_text()
+    assert "case" not in grad.lower(w, False).as_text()
 
 
 def test_decoder_layers_scan_rolled_for_tpu_unrolled_on_cpu():
     """The stacked decoder layers run as one rolled loop in a program traced for TPU (one
     layer's weights and gradients live at a time), and unrolled for XLA:CPU."""
     config = Qwen25VLConfig.from_yaml(os.path.join(ROOT, "configs", "model", "tiny.yaml"))
-    text = TextModel(config.text, DTypePolicy(), nnx.Rngs(0))
     b, t, d = 2, 8, config.text.hidden_size
     x, cos = jnp.ones((b, t, d)), jnp.ones((b, t, config.text.head_dim))
     valid = jnp.ones((b, t), bool)
 
-    def program():  # fresh functions: jit must not hand back the other target's trace
-        graphdef, state = nnx.split(text)
+    @jax.jit
+    def grad(graphdef, state):
         loss = lambda s: nnx.merge(graphdef, s)(x, cos, cos, valid).sum()  # noqa: E731
-        return jax.jit(jax.grad(loss)).lower(state).as_text()
+        return jax.grad(loss)(state)
 
-    on_cpu = program()
-    with compile_target("tpu"):
-        for_tpu = program()
+    def program(kernels):
+        text = TextModel(config.text, DTypePolicy(), nnx.Rngs(0), kernels=kernels)
+        return grad.lower(*nnx.split(text)).as_text()
+
     assert config.text.num_hidden_layers > 1
-    assert "while" in for_tpu
-    assert ("while" in on_cpu) == (jax.default_backend() != "cpu")
+    assert "while" in program("tpu")
+    assert "while" not in program("cpu")
 
 
 @pytest.mark.parametrize("blocks", [1, 2, 4])
@@ -163,7 +159,7 @@ def test_token_log_probs_matches_autodiff():
         logp = jax.nn.log_softmax(h @ kernel, axis=-1)
         return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
 
-    fn = lambda h, kernel: token_log_probs(h, kernel, targets)  # noqa: E731
+    fn = lambda h, kernel: token_log_probs(h, kernel, targets, True)  # noqa: E731
     np.testing.assert_allclose(fn(h, kernel), plain(h, kernel), atol=1e-5)
     weights = jnp.asarray(rng.standard_normal((2, 5), np.float32))
     for got, want in zip(

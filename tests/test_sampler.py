@@ -21,6 +21,7 @@ from urt_jax.generate.sampler import (
     lower_sample,
 )
 from urt_jax.model.inputs import prepare_inputs
+from urt_jax.model.kernels import CPU_WORKAROUND
 
 N = 10
 EOS = ref.EOS_ID
@@ -277,3 +278,21 @@ def test_mixed_precision_decodes_with_weights_cast_once(pair, tmp_path):
     a, b = sample(mixed, batch, **options), sample(bf16, batch, **options)
     np.testing.assert_array_equal(a.tokens, b.tokens)
     np.testing.assert_array_equal(a.logprobs, b.logprobs)
+
+
+def test_models_built_for_tpu_and_gpu_sample_the_same_without_cpu_workarounds(pair, tmp_path):
+    """Greedy tokens and log-probs of the TPU path (splash attention interpreted) and the GPU
+    path equal the CPU path's; their programs hold none of the CPU's layouts or its sampler."""
+    hf, ours = pair
+    ref.save_model(hf, tmp_path)
+    batch = ref.build_batch(CASES["left_padded_batch"][0], padding_side="left", seed=3)
+    want = sample(ours, batch, num_samples=2, max_new_tokens=N, temperature=0.0)
+    drawn = dict(num_samples=2, max_new_tokens=N, temperature=1.0, top_p=0.9)
+    assert CPU_WORKAROUND in lower_sample(ours, batch, **drawn).as_text(debug_info=True)
+    for kernels in ("tpu", "gpu"):
+        model = urt_jax.from_pretrained(tmp_path, dtype="float32", kernels=kernels)
+        program = lower_sample(model, batch, **drawn).as_text(debug_info=True)
+        assert CPU_WORKAROUND not in program, kernels
+        got = sample(model, batch, num_samples=2, max_new_tokens=N, temperature=0.0)
+        np.testing.assert_array_equal(got.tokens, want.tokens)
+        np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-4)

@@ -18,7 +18,7 @@ from urt_jax.data.synthetic import SyntheticConfig, write_synthetic
 from urt_jax.data.templates import Templates
 from urt_jax.data.tokenizer import load_tokenizer
 from urt_jax.model.config import Qwen25VLConfig
-from urt_jax.model.kernels import compile_target
+from urt_jax.model.kernels import CPU_WORKAROUND
 from urt_jax.sharding.init import abstract_model, init_model
 from urt_jax.sharding.mesh import MeshConfig, make_mesh
 from urt_jax.sharding.rules import logical_to_spec
@@ -68,9 +68,10 @@ def setup(tmp_path_factory):
     return config, batches
 
 
-def _train(config, batches, mesh_shape, steps=3, train=TRAIN, accum=1, remat="none"):
+def _train(config, batches, mesh_shape, steps=3, train=TRAIN, accum=1, remat="none", kernels="cpu"):
     mesh = make_mesh(MeshConfig(*mesh_shape))
-    trainer = SFTTrainer(init_model(config, seed=0, mesh=mesh, remat=remat), mesh, train, steps)
+    model = init_model(config, seed=0, mesh=mesh, remat=remat, kernels=kernels)
+    trainer = SFTTrainer(model, mesh, train, steps)
     losses = []
     for i in range(steps):
         micro = [batches[(i * accum + k) % len(batches)] for k in range(accum)]
@@ -114,12 +115,12 @@ def test_remat_with_frozen_vision_trains_the_same(setup):
 
 
 def test_pod_program_trains_the_same(setup):
-    # traced for TPU, as on a pod: the decoder layers a rolled scan whose residual stream is
-    # held split over the batch (rules.constrain), no XLA:CPU workarounds
+    # built for TPU, as on a pod: splash attention (interpreted here) in shard_map, the decoder
+    # layers a rolled scan whose residual stream is held split over the batch
+    # (rules.constrain), no XLA:CPU workarounds
     config, batches = setup
     _, cpu = _train(config, batches, (2, 2, 2), steps=2, remat="full")
-    with compile_target("tpu"):
-        _, pod = _train(config, batches, (2, 2, 2), steps=2, remat="full")
+    _, pod = _train(config, batches, (2, 2, 2), steps=2, remat="full", kernels="tpu")
     np.testing.assert_allclose(pod, cpu, rtol=1e-5)
 
 
@@ -161,7 +162,8 @@ def test_loss_is_cross_entropy_on_assistant_tokens_only(setup):
     # the target slots hold exactly the loss-mask positions, in order, padded with 0
     for row in range(len(ids)):
         np.testing.assert_array_equal(index[row][index[row] > 0], np.flatnonzero(mask[row]))
-    total, count = target_nll(hidden, jnp.asarray(ids), jnp.asarray(index), model.output_kernel())
+    kernel = model.output_kernel()
+    total, count = target_nll(hidden, jnp.asarray(ids), jnp.asarray(index), kernel, True)
     # direct numpy cross-entropy over the target tokens
     logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
     logp -= logits.max(-1, keepdims=True)
@@ -170,9 +172,7 @@ def test_loss_is_cross_entropy_on_assistant_tokens_only(setup):
     np.testing.assert_allclose(float(total) / float(count), np.mean(want), rtol=1e-5)
     # labels of prompt (non-target) tokens do not matter
     scrambled = np.where(mask, ids, np.random.default_rng(0).integers(0, 4000, ids.shape))
-    total2, _ = target_nll(
-        hidden, jnp.asarray(scrambled), jnp.asarray(index), model.output_kernel()
-    )
+    total2, _ = target_nll(hidden, jnp.asarray(scrambled), jnp.asarray(index), kernel, True)
     assert float(total2) == float(total)
 
 
@@ -262,3 +262,13 @@ def test_weight_decay_reaches_matrices_only():
         "visual.blocks.0.attn.qkv.bias",
     ):
         assert vector in {".".join(map(str, p)) for p in flat} and vector not in decayed
+
+
+@pytest.mark.parametrize("kernels", ["cpu", "tpu", "gpu"])
+def test_sft_step_holds_cpu_workarounds_only_when_built_for_the_cpu(setup, kernels):
+    config, batches = setup
+    mesh = make_mesh(MeshConfig(1, 1, 1))
+    trainer = SFTTrainer(init_model(config, seed=0, mesh=mesh, kernels=kernels), mesh, TRAIN, 1)
+    inputs, target_index = shard_batch(mesh, batches[0])
+    lowered = trainer._single.lower(trainer.state, trainer.frozen, inputs, target_index)
+    assert (CPU_WORKAROUND in lowered.as_text(debug_info=True)) == (kernels == "cpu")

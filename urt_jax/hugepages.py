@@ -8,6 +8,8 @@ huge pages (``madvise(MADV_HUGEPAGE)``) on the blocks it maps, and the same step
 faults (README, Benchmarks). glibc reads tunables only when a process starts, so the command line
 re-executes itself once with the tunable set (``reexec_with_hugepages``). ``URT_JAX_HUGEPAGES=0``
 leaves malloc as it is; a ``GLIBC_TUNABLES`` that already sets ``glibc.malloc.hugetlb`` is kept.
+A host with a TPU or GPU (or ``JAX_PLATFORMS`` naming another backend first) is not restarted:
+its steps' temporaries live on the accelerator.
 """
 
 from __future__ import annotations
@@ -29,6 +31,25 @@ def glibc_version() -> tuple[int, int] | None:
         return (int(major), int(minor)) if name == "glibc" else None
     except (AttributeError, ValueError, OSError, TypeError):
         return None
+
+
+# device files of the accelerators JAX would run on instead of the CPU: TPU (v4: accel, later
+# generations: vfio), NVIDIA and AMD GPUs
+ACCELERATOR_DEVICES = ("accel*", "vfio/[0-9]*", "nvidia[0-9]*", "kfd")
+
+
+def accelerator_present(dev: str = "/dev") -> bool:
+    """Whether this host has a TPU or GPU device file."""
+    import glob
+
+    return any(glob.glob(os.path.join(dev, pattern)) for pattern in ACCELERATOR_DEVICES)
+
+
+def runs_on_cpu(environ: Mapping[str, str], accelerator: bool) -> bool:
+    """Whether JAX will run on the CPU: ``JAX_PLATFORMS`` names it first, or is unset on a host
+    without an accelerator."""
+    platforms = [p.strip() for p in environ.get("JAX_PLATFORMS", "").split(",") if p.strip()]
+    return platforms[0] == "cpu" if platforms else not accelerator
 
 
 def transparent_hugepage_mode(path: str = THP_MODE_FILE) -> str | None:
@@ -60,6 +81,8 @@ def with_hugepages(environ: Mapping[str, str]) -> dict[str, str]:
 def restart_env(environ: Mapping[str, str]) -> dict[str, str] | None:
     """The environment the command line restarts with on this machine, or None where it does
     not restart (``wanted``)."""
+    if not runs_on_cpu(environ, accelerator_present()):
+        return None
     if not wanted(environ, transparent_hugepage_mode(), glibc_version()):
         return None
     return with_hugepages(environ)

@@ -26,7 +26,7 @@ from flax import nnx
 
 from urt_jax.data.batching import pow2_at_least
 from urt_jax.model.inputs import ModelInputs, prepare_inputs
-from urt_jax.model.kernels import targets_cpu
+from urt_jax.model.kernels import CPU_WORKAROUND
 from urt_jax.model.layers import Dense
 from urt_jax.model.qwen2_5_vl import Qwen25VL
 from urt_jax.model.rope import mrope_cos_sin
@@ -87,13 +87,20 @@ def _choose(
     top_k: int,
     top_p: float,
     suppress: tuple[int, ...],
+    cpu_sampler: bool,
 ) -> jax.Array:
+    """The token of each row: the argmax at temperature 0, else a draw from the filtered
+    distribution, by ``inverse_cdf_sample`` on XLA:CPU (``cpu_sampler``), by Gumbel-max
+    (``jax.random.categorical``) elsewhere."""
     if suppress:  # never drawn, never the argmax
         logits = logits.at[:, jnp.asarray(suppress)].set(jnp.finfo(logits.dtype).min)
     if temperature == 0.0:
         return jnp.argmax(logits, axis=-1)
     filtered = _filter_logits(logits / temperature, top_k, top_p)
-    return inverse_cdf_sample(key, filtered)
+    if not cpu_sampler:
+        return jax.random.categorical(key, filtered, axis=-1)
+    with jax.named_scope(CPU_WORKAROUND):
+        return inverse_cdf_sample(key, filtered)
 
 
 def inverse_cdf_sample(key: jax.Array, logits: jax.Array, block: int = 128) -> jax.Array:
@@ -233,7 +240,8 @@ def _sample_jit(
     nnx.update(model, _in_compute_dtype(state, model.policy))
     layers = model.language_model.layer_list()
     if out_in_kernels:
-        _transpose_decoder_kernels(model, layers)
+        with jax.named_scope(CPU_WORKAROUND):
+            _transpose_decoder_kernels(model, layers)
     b = inputs.input_ids.shape[0]
     # a slot for every new token, though the last one chosen is never decoded
     hidden, caches = _prefill(model, layers, inputs, num_samples, max_new_tokens)
@@ -248,7 +256,9 @@ def _sample_jit(
         """Chooses each row's token at ``step`` from logits [R, V] and records it."""
         rng, sub = jax.random.split(rng)
         with jax.named_scope("choose_token"):  # a name for profiles (benchmarks/decode_profile)
-            choice = _choose(logits, sub, temperature, top_k, top_p, suppress).astype(jnp.int32)
+            choice = _choose(
+                logits, sub, temperature, top_k, top_p, suppress, model.cpu_layout
+            ).astype(jnp.int32)
             logp = jnp.take_along_axis(
                 jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), choice[:, None], axis=-1
             )[:, 0]
@@ -317,8 +327,9 @@ def sample(
     returned log-probs are those of the model's full distribution, as teacher forcing gives.
 
     ``out_in_kernels``: decode with [out, in] copies of the decoder's kernels
-    (``_transpose_decoder_kernels``); None = only when JAX runs on the CPU, the backend whose
-    matmul this layout speeds up (elsewhere the copies would only cost memory)."""
+    (``_transpose_decoder_kernels``); None = only for a model built for the CPU
+    (``model.kernels``), the backend whose matmul this layout speeds up (elsewhere the copies
+    would only cost memory)."""
     program = _program(
         model,
         batch,
@@ -375,7 +386,7 @@ def _program(
 ) -> _Program:
     """``sample``'s arguments turned into those of ``_sample_jit``, placed on the model's mesh."""
     if out_in_kernels is None:
-        out_in_kernels = targets_cpu()
+        out_in_kernels = model.cpu_layout
     cfg = model.config
     ids = np.asarray(batch["input_ids"])
     mask = np.asarray(batch.get("attention_mask", np.ones_like(ids)))

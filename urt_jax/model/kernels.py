@@ -31,7 +31,6 @@ All keep the dtype policy: matmuls in the inputs' dtype, softmax statistics in f
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import jax
@@ -47,78 +46,64 @@ def masked_softmax(scores: jax.Array, keep: jax.Array) -> jax.Array:
     return jax.nn.softmax(jnp.where(keep, scores.astype(jnp.float32), _NEG), axis=-1)
 
 
-# ------------------------------------------------------------------------ compile target
-_compile_target: str | None = None
-
-
-@contextlib.contextmanager
-def compile_target(platform: str):
-    """Trace for ``platform`` ("cpu", "tpu", "gpu") instead of the default backend: the XLA:CPU
-    workarounds (``tokens_major``'s conditional, the sampler's decode layout) follow it.
-    benchmarks/plan_7b.py compiles on fake CPU devices the program a TPU would run, and the
-    conditional, split over a mesh, more than doubled its memory (fsdp 4: 46 -> 124 GiB of
-    temporaries). jit does not retrace what it traced and cached under another target."""
-    global _compile_target
-    previous, _compile_target = _compile_target, platform
-    try:
-        yield
-    finally:
-        _compile_target = previous
-
-
-def targets_cpu() -> bool:
-    return (_compile_target or jax.default_backend()) == "cpu"
+# Layouts and rewrites that only pay on XLA:CPU run under this name scope: a program traced for
+# another backend must hold none of them (tests/test_attention_backends.py reads the scope names).
+CPU_WORKAROUND = "urt_jax_cpu_only"
 
 
 # ------------------------------------------------------------------------ weight gradients
-def tokens_major(a: jax.Array) -> jax.Array:
+def tokens_major(a: jax.Array, cpu_layout: bool) -> jax.Array:
     """a [tokens..., F] as [F, tokens]: the left operand of a weight gradient ``a^T @ dy``.
 
     On XLA:CPU the transpose is copied from a finished, row-major ``a``: it runs in a branch of a
     conditional, a boundary XLA does not fuse across. Left to itself XLA fuses a's elementwise
     producer (an RMSNorm, SiLU * up, RoPE's backward) into the transposing loop, which then
     reads strided and does not vectorise: 4-8 ms per such transpose on the benchmark shape
-    against 1.5 ms for the copy (decoder layer forward + backward 195 -> 182 ms). Other backends
-    transpose as they see fit."""
+    against 1.5 ms for the copy (decoder layer forward + backward 195 -> 182 ms). Without
+    ``cpu_layout`` (a model built for TPU or GPU) the backend transposes as it sees fit."""
     flat = a.reshape(-1, a.shape[-1])
-    if not targets_cpu():
+    if not cpu_layout:
         return flat.T
-    runtime_true = flat[0, 0] == flat[0, 0]  # false only for NaN; both branches are the same
-    return jax.lax.cond(runtime_true, jnp.transpose, jnp.transpose, flat)
+    with jax.named_scope(CPU_WORKAROUND):
+        runtime_true = flat[0, 0] == flat[0, 0]  # false only for NaN; both branches the same
+        return jax.lax.cond(runtime_true, jnp.transpose, jnp.transpose, flat)
 
 
-@jax.custom_vjp
-def linear(x: jax.Array, kernel: jax.Array) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def linear(x: jax.Array, kernel: jax.Array, cpu_layout: bool) -> jax.Array:
     """``x @ kernel`` for x [..., I], kernel [I, O], with the kernel's gradient taken through
-    ``tokens_major(x)``."""
+    ``tokens_major(x, cpu_layout)``."""
     return jnp.dot(x, kernel)
 
 
-def _linear_forward(x, kernel):
+def _linear_forward(x, kernel, cpu_layout):
     return jnp.dot(x, kernel), (x, kernel)
 
 
-def _linear_backward(res, dy):
+def _linear_backward(cpu_layout, res, dy):
     x, kernel = res
-    return jnp.dot(dy, kernel.T), jnp.dot(tokens_major(x), dy.reshape(-1, dy.shape[-1]))
+    d_kernel = jnp.dot(tokens_major(x, cpu_layout), dy.reshape(-1, dy.shape[-1]))
+    return jnp.dot(dy, kernel.T), d_kernel
 
 
 linear.defvjp(_linear_forward, _linear_backward)
 
 
 # ------------------------------------------------------------------------------------- SwiGLU
-@jax.custom_vjp
-def swiglu(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def swiglu(
+    x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array, cpu_layout: bool
+) -> jax.Array:
     """``(silu(x @ w_gate) * (x @ w_up)) @ w_down`` for x [..., D]; all in x's dtype."""
-    return _swiglu_forward(x, w_gate, w_up, w_down)[0]
+    return _swiglu_forward(x, w_gate, w_up, w_down, cpu_layout)[0]
 
 
-def _swiglu_forward(x, w_gate, w_up, w_down):
+def _swiglu_forward(x, w_gate, w_up, w_down, cpu_layout):
     gate, up = jnp.dot(x, w_gate), jnp.dot(x, w_up)
     return jnp.dot(jax.nn.silu(gate) * up, w_down), (x, gate, up, w_gate, w_up, w_down)
 
 
-def _swiglu_backward(res, dy):
+def _swiglu_backward(cpu_layout, res, dy):
     x, gate, up, w_gate, w_up, w_down = res
     sig = jax.nn.sigmoid(gate)
     silu = gate * sig
@@ -126,12 +111,12 @@ def _swiglu_backward(res, dy):
     d_up = dh * silu
     d_gate = dh * up * sig * (1 + gate * (1 - sig))  # d silu(g) / dg = s (1 + g (1 - s))
     dx = jnp.dot(d_gate, w_gate.T) + jnp.dot(d_up, w_up.T)
-    x_t, rows = tokens_major(x), lambda a: a.reshape(-1, a.shape[-1])
+    x_t, rows = tokens_major(x, cpu_layout), lambda a: a.reshape(-1, a.shape[-1])
     return (
         dx,
         jnp.dot(x_t, rows(d_gate)),
         jnp.dot(x_t, rows(d_up)),
-        jnp.dot(tokens_major(silu * up), rows(dy)),
+        jnp.dot(tokens_major(silu * up, cpu_layout), rows(dy)),
     )
 
 

@@ -82,8 +82,10 @@ class Dense(nnx.Module):
         policy: DTypePolicy,
         rngs: nnx.Rngs,
         std: float = 0.02,
+        kernels: str = "cpu",
     ):
         self.policy = policy
+        self.cpu_layout = kernels == "cpu"  # kernels.tokens_major's copy in the backward
         self.kernel = nnx.Param(
             _normal(rngs, (in_features, out_features), policy.param_dtype, std), logical_axes=axes
         )
@@ -110,7 +112,7 @@ class Dense(nnx.Module):
         if self.kernel_out_in:
             y = jnp.einsum("...i,oi->...o", x.astype(dt), kernel)
         else:
-            y = linear(x.astype(dt), kernel)
+            y = linear(x.astype(dt), kernel, self.cpu_layout)
         if self.bias is not None:
             y = y + self.bias[...].astype(dt)
         return y
@@ -129,8 +131,9 @@ class GatedMLP(nnx.Module):
         axes: tuple[str, str],
         policy: DTypePolicy,
         rngs: nnx.Rngs,
+        kernels: str = "cpu",
     ):
-        kw = dict(use_bias=use_bias, policy=policy, rngs=rngs)
+        kw = dict(use_bias=use_bias, policy=policy, rngs=rngs, kernels=kernels)
         self.gate_proj = Dense(dim, hidden, axes=axes, **kw)
         self.up_proj = Dense(dim, hidden, axes=axes, **kw)
         self.down_proj = Dense(hidden, dim, axes=(axes[1], axes[0]), **kw)
@@ -143,7 +146,8 @@ class GatedMLP(nnx.Module):
             # same forward, backward written out (urt_jax.model.kernels)
             dt = self.policy.compute_dtype
             kernels = (self.gate_proj, self.up_proj, self.down_proj)
-            return swiglu(x.astype(dt), *(m.kernel[...].astype(dt) for m in kernels))
+            weights = (m.kernel[...].astype(dt) for m in kernels)
+            return swiglu(x.astype(dt), *weights, self.gate_proj.cpu_layout)
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 

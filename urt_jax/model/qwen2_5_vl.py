@@ -50,9 +50,16 @@ class Qwen25VL(nnx.Module):
                 axes=("embed", "vocab"),
                 policy=self.policy,
                 rngs=rngs,
+                kernels=self.kernels,
             )
         )
         self.source_dir: str | None = None  # set by from_pretrained; save_pretrained copies files
+
+    @property
+    def cpu_layout(self) -> bool:
+        """Whether the model is built for XLA:CPU, whose layout workarounds it then takes
+        (``urt_jax.model.kernels``); never on TPU or GPU."""
+        return self.kernels == "cpu"
 
     # ---------------------------------------------------------------- jittable pieces
     def vision_features(self, inputs: ModelInputs) -> jax.Array:

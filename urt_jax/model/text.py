@@ -10,7 +10,7 @@ from flax import nnx
 
 from urt_jax.model.attention import causal_attention
 from urt_jax.model.config import TextConfig
-from urt_jax.model.kernels import apply_rotary, masked_softmax, targets_cpu
+from urt_jax.model.kernels import apply_rotary, masked_softmax
 from urt_jax.model.layers import (
     Dense,
     DTypePolicy,
@@ -29,7 +29,7 @@ class Attention(nnx.Module):
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
         d, hd = cfg.hidden_size, cfg.head_dim
-        kw = dict(policy=policy, rngs=rngs)
+        kw = dict(policy=policy, rngs=rngs, kernels=kernels)
         self.q_proj = Dense(d, self.num_heads * hd, use_bias=True, axes=("embed", "q_heads"), **kw)
         self.k_proj = Dense(
             d, self.num_kv_heads * hd, use_bias=True, axes=("embed", "kv_heads"), **kw
@@ -169,6 +169,7 @@ class DecoderLayer(nnx.Module):
             axes=("embed", "mlp"),
             policy=policy,
             rngs=rngs,
+            kernels=kernels,
         )
 
     def __call__(self, x, cos, sin, valid):
@@ -232,6 +233,7 @@ class TextModel(nnx.Module):
         kernels: str = "cpu",
     ):
         self.remat = remat
+        self.kernels = kernels
         self.num_layers = cfg.num_hidden_layers
         # layers per iteration of the scan; None: all of them on XLA:CPU, else 1 (see __call__)
         self.scan_unroll: int | None = None
@@ -253,8 +255,9 @@ class TextModel(nnx.Module):
 
         # Unrolled on XLA:CPU, where the rolled loop's slices of the stack and its stacked
         # residuals are copies (benchmark SFT step 2.46 -> 2.54 s); as fast unrolled as separate
-        # layers there, and on one host the memory a rolled loop saves does not matter.
-        unroll = self.scan_unroll or (self.num_layers if targets_cpu() else 1)
+        # layers there, and on one host the memory a rolled loop saves does not matter. Rolled
+        # for TPU and GPU: one layer's weights and gradients live at a time.
+        unroll = self.scan_unroll or (self.num_layers if self.kernels == "cpu" else 1)
         x, _ = jax.lax.scan(one_layer, x, state, unroll=unroll)
         return self.norm(x)
 

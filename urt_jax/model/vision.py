@@ -25,12 +25,9 @@ class VisionAttention(nnx.Module):
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.head_dim
         d = cfg.hidden_size
-        self.qkv = Dense(
-            d, 3 * d, use_bias=True, axes=("vision_embed", "vision_heads"), policy=policy, rngs=rngs
-        )
-        self.proj = Dense(
-            d, d, use_bias=True, axes=("vision_heads", "vision_embed"), policy=policy, rngs=rngs
-        )
+        kw = dict(use_bias=True, policy=policy, rngs=rngs, kernels=kernels)
+        self.qkv = Dense(d, 3 * d, axes=("vision_embed", "vision_heads"), **kw)
+        self.proj = Dense(d, d, axes=("vision_heads", "vision_embed"), **kw)
 
     def __call__(
         self, x: jax.Array, cos: jax.Array, sin: jax.Array, segments: jax.Array
@@ -65,6 +62,7 @@ class VisionBlock(nnx.Module):
             axes=("vision_embed", "vision_mlp"),
             policy=policy,
             rngs=rngs,
+            kernels=kernels,
         )
 
     def __call__(self, x, cos, sin, segments):
@@ -76,7 +74,7 @@ class PatchEmbed(nnx.Module):
     """Conv3d with kernel = stride = (T, p, p) on pre-cut patches, i.e. a matmul by the
     flattened kernel [C*T*p*p, D] (rows in (C, T, ph, pw) order, as the processor flattens)."""
 
-    def __init__(self, cfg: VisionConfig, policy: DTypePolicy, rngs: nnx.Rngs):
+    def __init__(self, cfg: VisionConfig, policy: DTypePolicy, rngs: nnx.Rngs, kernels: str):
         self.proj = Dense(
             cfg.patch_dim,
             cfg.hidden_size,
@@ -84,6 +82,7 @@ class PatchEmbed(nnx.Module):
             axes=("vision_patch", "vision_embed"),
             policy=policy,
             rngs=rngs,
+            kernels=kernels,
         )
 
     def __call__(self, pixels: jax.Array) -> jax.Array:
@@ -92,23 +91,15 @@ class PatchEmbed(nnx.Module):
 
 
 class PatchMerger(nnx.Module):
-    def __init__(self, cfg: VisionConfig, policy: DTypePolicy, rngs: nnx.Rngs):
+    def __init__(self, cfg: VisionConfig, policy: DTypePolicy, rngs: nnx.Rngs, kernels: str):
         self.unit = cfg.merge_unit
         ctx = cfg.hidden_size * cfg.merge_unit
         self.ln_q = RMSNorm(
             cfg.hidden_size, eps=cfg.norm_eps, axis_name="vision_norm", policy=policy
         )
-        self.fc1 = Dense(
-            ctx, ctx, use_bias=True, axes=("vision_merge", "vision_mlp"), policy=policy, rngs=rngs
-        )
-        self.fc2 = Dense(
-            ctx,
-            cfg.out_hidden_size,
-            use_bias=True,
-            axes=("vision_mlp", "embed"),
-            policy=policy,
-            rngs=rngs,
-        )
+        kw = dict(use_bias=True, policy=policy, rngs=rngs, kernels=kernels)
+        self.fc1 = Dense(ctx, ctx, axes=("vision_merge", "vision_mlp"), **kw)
+        self.fc2 = Dense(ctx, cfg.out_hidden_size, axes=("vision_mlp", "embed"), **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = self.ln_q(x).reshape(x.shape[0] // self.unit, -1)
@@ -126,9 +117,9 @@ class VisionTower(nnx.Module):
     ):
         self.cfg = cfg
         self.remat = remat
-        self.patch_embed = PatchEmbed(cfg, policy, rngs)
+        self.patch_embed = PatchEmbed(cfg, policy, rngs, kernels)
         self.blocks = nnx.List([VisionBlock(cfg, policy, rngs, kernels) for _ in range(cfg.depth)])
-        self.merger = PatchMerger(cfg, policy, rngs)
+        self.merger = PatchMerger(cfg, policy, rngs, kernels)
 
     def __call__(
         self,

@@ -81,7 +81,11 @@ def completion_log_probs(model: Qwen25VL, inputs: ModelInputs, prompt_length: in
         jnp.arange(prompt_length, total, dtype=jnp.int32), (rows, total - prompt_length)
     )
     return target_log_probs(
-        model.hidden_states(inputs), inputs.input_ids, index, model.output_kernel()
+        model.hidden_states(inputs),
+        inputs.input_ids,
+        index,
+        model.output_kernel(),
+        model.cpu_layout,
     )
 
 

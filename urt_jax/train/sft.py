@@ -124,7 +124,9 @@ class SFTTrainer:
         model = nnx.merge(self.graphdef, params, frozen)
         with activation_mesh(self.mesh):
             hidden = model.hidden_states(inputs)
-        return target_nll(hidden, inputs.input_ids, target_index, model.output_kernel())
+        return target_nll(
+            hidden, inputs.input_ids, target_index, model.output_kernel(), model.cpu_layout
+        )
 
     def _accumulate_fn(self, acc, params, frozen, inputs, target_index):
         grads_acc, loss_acc, count_acc = acc
