@@ -63,10 +63,10 @@ PROTOCOLS = ("both_orders", "release")
 def _items(records: Sequence[PreferenceRecord], swap: bool) -> list[Item]:
     items = []
     for r in records:
-        items.append(Item("original", r))
+        items.append(Item.in_order(r, False))
         swappable = r.mode == "pairwise" and r.user_text is None and r.verdict != TIE
         if swap and swappable:
-            items.append(Item("swapped", dataclasses.replace(r, reply=None).swapped()))
+            items.append(Item.in_order(r, True))
     return items
 
 

@@ -14,6 +14,7 @@ its steps' temporaries live on the accelerator.
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 from collections.abc import Mapping
@@ -40,8 +41,6 @@ ACCELERATOR_DEVICES = ("accel*", "vfio/[0-9]*", "nvidia[0-9]*", "kfd")
 
 def accelerator_present(dev: str = "/dev") -> bool:
     """Whether this host has a TPU or GPU device file."""
-    import glob
-
     return any(glob.glob(os.path.join(dev, pattern)) for pattern in ACCELERATOR_DEVICES)
 
 

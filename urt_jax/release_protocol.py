@@ -53,6 +53,14 @@ class Item:
     record: PreferenceRecord
     not_judged: str | None = None
 
+    @classmethod
+    def in_order(cls, record: PreferenceRecord, swap: bool) -> Item:
+        """The record as given, or with its two candidates exchanged (its fixed reply dropped:
+        its reasoning names the candidates by position)."""
+        if not swap:
+            return cls("original", record)
+        return cls("swapped", dataclasses.replace(record, reply=None).swapped())
+
 
 def _resized(record: PreferenceRecord, size: tuple[int, int]) -> PreferenceRecord:
     media = []
@@ -62,12 +70,6 @@ def _resized(record: PreferenceRecord, size: tuple[int, int]) -> PreferenceRecor
         image.save(buf, format="PNG")
         media.append(Media("image", data=buf.getvalue()))
     return dataclasses.replace(record, media=tuple(media))
-
-
-def _swap(record: PreferenceRecord, swap: bool) -> Item:
-    if not swap:
-        return Item("original", record)
-    return Item("swapped", dataclasses.replace(record, reply=None).swapped())
 
 
 def release_items(records: Sequence[PreferenceRecord], seed: int = 0) -> list[Item]:
@@ -84,14 +86,14 @@ def release_items(records: Sequence[PreferenceRecord], seed: int = 0) -> list[It
         name = r.benchmark.name
         rng = streams.setdefault(name, random.Random(seed))
         if name == "vl-rewardbench":
-            items.append(_swap(r, rng.random() >= 0.5))
+            items.append(Item.in_order(r, rng.random() >= 0.5))
         elif name in ("genai-bench-image", "genai-bench-video"):
             if r.verdict == TIE:
                 items.append(Item("original", r, not_judged=NOT_JUDGED_TIE))
                 continue
             if name == "genai-bench-image":
                 r = _resized(r, GENAI_IMAGE_SIZE)
-            items.append(_swap(r, rng.choices([True, False])[0]))
+            items.append(Item.in_order(r, rng.choices([True, False])[0]))
         else:  # videogen-rewardbench: the published order
             items.append(Item("original", r))
     return items
