@@ -75,16 +75,19 @@ def test_greedy_equals_transformers_generate(pair, case):
 
 def test_kernels_transposed_for_decoding_give_the_same_model(pair):
     _, ours = pair
-    layers = ours.language_model.layer_list()  # the sampler's per-layer view of the stack
-    model, copies = nnx.clone(ours), [nnx.clone(layer) for layer in layers]
-    _transpose_decoder_kernels(model, copies)
+    model = nnx.clone(ours)
+    _transpose_decoder_kernels(model)
 
     def shapes(module):
         return {p: v.get_value().shape for p, v in nnx.to_flat_state(nnx.state(module))}
 
-    before, after = shapes(layers[0]), shapes(copies[0])
+    before, after = shapes(ours.language_model.layers), shapes(model.language_model.layers)
     moved = {p[:-1] for p in before if p[-1] == "kernel" and after[p] != before[p]}
     assert moved == {("mlp", "gate_proj"), ("mlp", "up_proj")}
+    layers = ours.config.text.num_hidden_layers
+    for path in moved:  # the stacked [L, in, out] kernels as [L, out, in]
+        shape = before[(*path, "kernel")]
+        assert after[(*path, "kernel")] == (layers, shape[2], shape[1])
     assert model.lm_head.kernel.shape == ours.lm_head.kernel.shape[::-1]
     assert shapes(model.visual) == shapes(ours.visual)
     batch = ref.build_batch(CASES["image"][0], padding_side="left", seed=3)
@@ -92,11 +95,12 @@ def test_kernels_transposed_for_decoding_give_the_same_model(pair):
         ours.config, **{k: v for k, v in batch.items() if k != "mm_token_type_ids"}
     )
     inputs = jax.tree.map(jnp.asarray, inputs)
-    hidden, _ = _prefill(model, copies, inputs, num_samples=1, new_slots=1)
-    # the per-layer loop with transposed kernels against the scanned stack as stored
+    hidden, cache = _prefill(model, inputs, num_samples=1, new_slots=1)
+    # the sampler's prefill (stacked cache) with transposed kernels against the forward as stored
     np.testing.assert_allclose(
         model.logits(hidden)[:, 0], ours.forward(inputs)[:, -1], rtol=0, atol=1e-5
     )
+    assert cache.prompt_k.shape[0] == cache.k.shape[0] == layers
 
 
 def test_both_kernel_layouts_sample_the_same(pair):

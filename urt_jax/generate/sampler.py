@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import inspect
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -151,44 +152,38 @@ def _in_compute_dtype(state, policy):
     )
 
 
-def _transpose_decoder_kernels(model: Qwen25VL, layers: list) -> None:
+def _transpose_decoder_kernels(model: Qwen25VL) -> None:
     """The LM head's kernel and the text decoder's wide ones (more outputs than inputs: gate and
     up) stored [out, in] (``Dense.transpose_kernel``), on the traced copy of the model inside
     ``_sample_jit``. A decode step multiplies a few rows (prompts x G) by every weight, streaming
-    the weights from memory, and XLA:CPU's matmul at 8 rows reads a wide [out, in] weight 1.3-1.6x
-    faster than an [in, out] one (the others: no faster). Benchmark model, G = 8: 17.6 -> 15.0 ms
-    a decode step, for about 40 ms of transposes a call. A tied LM head (the embedding, [V, D])
-    is [out, in] already. The copies cost memory for the call: the LM head, gate and up again.
-    ``layers`` are the decoder's layers as the sampler runs them (``TextModel.layer_list``)."""
+    the weights from memory, and XLA:CPU's matmul at a few rows reads a wide [out, in] weight
+    faster than an [in, out] one (the others: no faster). A tied LM head (the embedding, [V, D])
+    is [out, in] already. The copies cost memory for the call: the LM head, gate and up again."""
     wide = [
         module
-        for layer in layers
-        for _, module in nnx.iter_modules(layer)
-        if isinstance(module, Dense) and module.kernel.shape[1] > module.kernel.shape[0]
+        for _, module in nnx.iter_modules(model.language_model.layers)
+        if isinstance(module, Dense) and module.kernel.shape[-1] > module.kernel.shape[-2]
     ]
     for module in wide + ([] if model.lm_head is None else [model.lm_head]):
         module.transpose_kernel()
 
 
-def _prefill(model: Qwen25VL, layers, inputs: ModelInputs, num_samples: int, new_slots: int):
-    """Hidden state of the last prompt position and one KVCache per layer: the prompts' keys and
-    values once, and ``new_slots`` empty slots for each of their ``num_samples`` rows."""
+def _prefill(model: Qwen25VL, inputs: ModelInputs, num_samples: int, new_slots: int):
+    """Hidden state of the last prompt position and the decoder's stacked cache: the prompts'
+    keys and values once, and ``new_slots`` empty slots for each of their ``num_samples``
+    rows."""
     x = model.embed(inputs)
     cos, sin = mrope_cos_sin(inputs.position_ids, model.config, x.dtype)
     valid = inputs.attention_mask.astype(bool)
-    caches = []
-    for layer in layers:
-        x, (k, v) = layer.step(x, cos, sin, valid)
-        caches.append(KVCache.from_prefill(k, v, num_samples, new_slots))
-    return model.language_model.norm(x[:, -1:]), caches
+    x, cache = model.language_model.prefill(x, cos, sin, valid, num_samples, new_slots)
+    return model.language_model.norm(x[:, -1:]), cache
 
 
 def _decode_one(
     model: Qwen25VL,
-    layers,
     token: jax.Array,
     position: jax.Array,
-    caches,
+    cache: KVCache,
     index,
     prompt_mask: jax.Array,
 ):
@@ -197,11 +192,8 @@ def _decode_one(
     x = model.language_model.embed_tokens(token[:, None])
     pos = jnp.broadcast_to(position[None, :, None], (3, token.shape[0], 1))
     cos, sin = mrope_cos_sin(pos, model.config, x.dtype)
-    new_caches = []
-    for layer, cache in zip(layers, caches, strict=True):
-        x, cache = layer.decode(x, cos, sin, cache, prompt_mask, index)
-        new_caches.append(cache)
-    return model.logits(model.language_model.norm(x))[:, 0], new_caches
+    x, cache = model.language_model.decode(x, cos, sin, cache, prompt_mask, index)
+    return model.logits(model.language_model.norm(x))[:, 0], cache
 
 
 @functools.partial(
@@ -238,13 +230,12 @@ def _sample_jit(
 ):
     model = nnx.merge(graphdef, state)
     nnx.update(model, _in_compute_dtype(state, model.policy))
-    layers = model.language_model.layer_list()
     if out_in_kernels:
         with jax.named_scope(CPU_WORKAROUND):
-            _transpose_decoder_kernels(model, layers)
+            _transpose_decoder_kernels(model)
     b = inputs.input_ids.shape[0]
     # a slot for every new token, though the last one chosen is never decoded
-    hidden, caches = _prefill(model, layers, inputs, num_samples, max_new_tokens)
+    hidden, cache = _prefill(model, inputs, num_samples, max_new_tokens)
     first_logits = model.logits(hidden)[:, 0]  # [B, V]
     rows = b * num_samples
     rep = lambda a: jnp.repeat(a, num_samples, axis=0)  # noqa: E731  prompt-major
@@ -252,9 +243,9 @@ def _sample_jit(
     base_pos = rep(inputs.attention_mask.sum(axis=1) + rope_deltas)  # next position of a row
     eos = jnp.asarray(eos_ids, jnp.int32)
 
-    def pick(step, logits, rng, tokens, logprobs, lengths, done):
+    def pick(step, logits, state: _Decoding) -> _Decoding:
         """Chooses each row's token at ``step`` from logits [R, V] and records it."""
-        rng, sub = jax.random.split(rng)
+        rng, sub = jax.random.split(state.rng)
         with jax.named_scope("choose_token"):  # a name for profiles (benchmarks/decode_profile)
             choice = _choose(
                 logits, sub, temperature, top_k, top_p, suppress, model.cpu_layout
@@ -262,43 +253,57 @@ def _sample_jit(
             logp = jnp.take_along_axis(
                 jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), choice[:, None], axis=-1
             )[:, 0]
+        done = state.done
         choice = jnp.where(done, pad_id, choice)
-        tokens = tokens.at[:, step].set(choice)
-        logprobs = logprobs.at[:, step].set(jnp.where(done, 0.0, logp))
-        lengths = lengths + (~done).astype(jnp.int32)
-        done = done | jnp.isin(choice, eos)
-        return choice, rng, tokens, logprobs, lengths, done
+        return state._replace(
+            step=step + 1,
+            tokens=state.tokens.at[:, step].set(choice),
+            logprobs=state.logprobs.at[:, step].set(jnp.where(done, 0.0, logp)),
+            lengths=state.lengths + (~done).astype(jnp.int32),
+            done=done | jnp.isin(choice, eos),
+            choice=choice,
+            rng=rng,
+        )
 
-    def cond(carry):
-        step, done = carry[0], carry[4]
-        return (step < max_new_tokens) & ~jnp.all(done)
+    def cond(state: _Decoding):
+        return (state.step < max_new_tokens) & ~jnp.all(state.done)
 
-    def body(carry):
+    def body(state: _Decoding) -> _Decoding:
         # decodes the tokens chosen at step - 1 and chooses those at step: the loop carries
         # tokens, not logits (carried, the [R, V] logits cost a copy of them every step)
-        step, tokens, logprobs, lengths, done, choice, caches, rng = carry
-        prev = step - 1
-        logits, caches = _decode_one(
-            model, layers, choice, base_pos + prev, caches, prev, prompt_mask
+        prev = state.step - 1
+        logits, cache = _decode_one(
+            model, state.choice, base_pos + prev, state.cache, prev, prompt_mask
         )
-        choice, rng, tokens, logprobs, lengths, done = pick(
-            step, logits, rng, tokens, logprobs, lengths, done
-        )
-        return (step + 1, tokens, logprobs, lengths, done, choice, caches, rng)
+        return pick(state.step, logits, state._replace(cache=cache))
 
-    first = pick(
-        0,
-        rep(first_logits),
-        rng,
-        jnp.full((rows, max_new_tokens), pad_id, jnp.int32),
-        jnp.zeros((rows, max_new_tokens), jnp.float32),
-        jnp.zeros((rows,), jnp.int32),
-        jnp.zeros((rows,), bool),
+    start = _Decoding(
+        step=jnp.int32(0),
+        tokens=jnp.full((rows, max_new_tokens), pad_id, jnp.int32),
+        logprobs=jnp.zeros((rows, max_new_tokens), jnp.float32),
+        lengths=jnp.zeros((rows,), jnp.int32),
+        done=jnp.zeros((rows,), bool),
+        choice=jnp.zeros((rows,), jnp.int32),
+        cache=cache,
+        rng=rng,
     )
-    choice, rng, tokens, logprobs, lengths, done = first
-    carry = (jnp.int32(1), tokens, logprobs, lengths, done, choice, caches, rng)
-    out = jax.lax.while_loop(cond, body, carry)
-    return out[1], out[2], out[3]
+    out = jax.lax.while_loop(cond, body, pick(0, rep(first_logits), start))
+    return out.tokens, out.logprobs, out.lengths
+
+
+class _Decoding(NamedTuple):
+    """The decode loop's state: at ``step``, the tokens chosen so far (``choice`` the latest,
+    not yet decoded), their log-probs, each row's length and whether it has ended, the cache
+    and the random key."""
+
+    step: jax.Array  # int32 scalar: the next token's column
+    tokens: jax.Array  # [R, N] int32
+    logprobs: jax.Array  # [R, N] float32
+    lengths: jax.Array  # [R] int32
+    done: jax.Array  # [R] bool
+    choice: jax.Array  # [R] int32
+    cache: KVCache
+    rng: jax.Array
 
 
 def sample(

@@ -70,7 +70,8 @@ def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], dtype: jnp.dtype, std: float
 
 class Dense(nnx.Module):
     """``y = x @ kernel + bias`` with kernel [in, out] (the transpose of torch's Linear.weight),
-    or [out, in] once ``transpose_kernel`` has run (the sampler's decode copy)."""
+    or [out, in] once ``transpose_kernel`` has run (the sampler's decode copy); a stacked kernel
+    has the layer axis first."""
 
     def __init__(
         self,
@@ -101,9 +102,8 @@ class Dense(nnx.Module):
         the matmul follows, so the outputs stay the same. Used on the sampler's copy of the model
         (``urt_jax.generate.sampler.sample``'s ``out_in_kernels``)."""
         axes = self.kernel.get_metadata().get("logical_axes")
-        self.kernel = nnx.Param(
-            self.kernel[...].T, logical_axes=None if axes is None else tuple(reversed(axes))
-        )
+        swapped = None if axes is None else (*axes[:-2], axes[-1], axes[-2])
+        self.kernel = nnx.Param(jnp.swapaxes(self.kernel[...], -1, -2), logical_axes=swapped)
         self.kernel_out_in = not self.kernel_out_in
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -110,14 +110,26 @@ class KVCache(NamedTuple):
             jnp.zeros((rows, kv, new_slots, d), v.dtype),
         )
 
-    def write(self, k: jax.Array, v: jax.Array, index: jax.Array) -> KVCache:
-        """Generated keys/values [B*G, T, KV, D] written at new slots index..index+T-1."""
+    def write(self, k: jax.Array, v: jax.Array, index: jax.Array, layer=None) -> KVCache:
+        """Generated keys/values [B*G, T, KV, D] written at new slots index..index+T-1; of
+        ``layer`` in a stacked cache (every array with a leading layer axis), only the new
+        slots written, in place."""
         k = k.transpose(0, 2, 3, 1).astype(self.k.dtype)
         v = v.transpose(0, 2, 1, 3).astype(self.v.dtype)
+        if layer is None:
+            return self._replace(
+                k=jax.lax.dynamic_update_slice_in_dim(self.k, k, index, axis=3),
+                v=jax.lax.dynamic_update_slice_in_dim(self.v, v, index, axis=2),
+            )
+        zero = jnp.zeros((), jnp.int32)
         return self._replace(
-            k=jax.lax.dynamic_update_slice_in_dim(self.k, k, index, axis=3),
-            v=jax.lax.dynamic_update_slice_in_dim(self.v, v, index, axis=2),
+            k=jax.lax.dynamic_update_slice(self.k, k[None], (layer, zero, zero, zero, index)),
+            v=jax.lax.dynamic_update_slice(self.v, v[None], (layer, zero, zero, index, zero)),
         )
+
+    def layer(self, index: jax.Array) -> KVCache:
+        """One layer's cache out of a stacked one."""
+        return KVCache(*(jax.lax.dynamic_index_in_dim(a, index, 0, keepdims=False) for a in self))
 
 
 def shared_prompt_attention(
@@ -181,14 +193,16 @@ class DecoderLayer(nnx.Module):
         x = x + self.self_attn.attend(q, k, v, valid)
         return x + self.mlp(self.post_attention_layernorm(x)), (k, v)
 
-    def decode(self, x, cos, sin, cache: KVCache, prompt_mask, index):
+    def decode(self, x, cos, sin, cache: KVCache, prompt_mask, index, layer=None):
         """The layer for one new token a row, x [B*G, 1, D], at generated slot ``index``: its
-        keys and values are written to ``cache``, and attention reads the prompt's (prompt_mask
-        [B, T]) and the slots up to ``index``. Returns the output and the updated cache."""
+        keys and values are written to ``cache`` (this layer's, or with ``layer`` set, a
+        stacked cache of every layer), and attention reads the prompt's (prompt_mask [B, T])
+        and the slots up to ``index``. Returns the output and the updated cache."""
         q, k, v = self.self_attn.project_qkv(self.input_layernorm(x), cos, sin)
-        cache = cache.write(k, v, index)
-        new_valid = jnp.arange(cache.v.shape[2]) <= index
-        x = x + self.self_attn.attend_cache(q, cache, prompt_mask, new_valid)
+        cache = cache.write(k, v, index, layer)
+        mine = cache if layer is None else cache.layer(layer)
+        new_valid = jnp.arange(mine.v.shape[2]) <= index
+        x = x + self.self_attn.attend_cache(q, mine, prompt_mask, new_valid)
         return x + self.mlp(self.post_attention_layernorm(x)), cache
 
 
@@ -261,12 +275,29 @@ class TextModel(nnx.Module):
         x, _ = jax.lax.scan(one_layer, x, state, unroll=unroll)
         return self.norm(x)
 
-    def layer_list(self) -> list[DecoderLayer]:
-        """The layers as separate modules over slices of the stack (copies, under jit): the
-        sampler's prefill and decode loop, where a static loop reads each layer's weights in
-        place at every decoded token instead of slicing the stack inside the loop."""
+    def prefill(self, x, cos, sin, valid, num_samples: int, new_slots: int):
+        """The layers over a prompt batch (hidden states [B, T, D] before the final norm) and
+        their stacked cache (``KVCache`` with a leading layer axis): the prompts' keys and
+        values, and ``new_slots`` empty slots for each of their ``num_samples`` rows."""
         graphdef, state = nnx.split(self.layers)
-        return [
-            nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state))
-            for i in range(self.num_layers)
-        ]
+
+        def one_layer(x, layer_state):
+            x, (k, v) = nnx.merge(graphdef, layer_state).step(x, cos, sin, valid)
+            return x, KVCache.from_prefill(k, v, num_samples, new_slots)
+
+        return jax.lax.scan(one_layer, x, state)
+
+    def decode(self, x, cos, sin, cache: KVCache, prompt_mask, index):
+        """One new token a row through the stacked layers (a scan, reading each layer's weights
+        out of the stack) with the stacked ``cache`` of ``prefill``, updated in place."""
+        graphdef, state = nnx.split(self.layers)
+
+        def one_layer(carry, xs):
+            x, cache = carry
+            layer_state, layer = xs
+            layer_module = nnx.merge(graphdef, layer_state)
+            return layer_module.decode(x, cos, sin, cache, prompt_mask, index, layer), None
+
+        layers = jnp.arange(self.num_layers, dtype=jnp.int32)
+        (x, cache), _ = jax.lax.scan(one_layer, (x, cache), (state, layers))
+        return x, cache
