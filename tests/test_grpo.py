@@ -18,6 +18,7 @@ from urt_jax.data.synthetic import SyntheticConfig, write_synthetic
 from urt_jax.data.templates import Templates
 from urt_jax.data.tokenizer import load_tokenizer
 from urt_jax.model.config import Qwen25VLConfig
+from urt_jax.model.inputs import VISION_FIELDS
 from urt_jax.model.kernels import CPU_WORKAROUND
 from urt_jax.sharding.init import abstract_model, init_model
 from urt_jax.sharding.mesh import MeshConfig, make_mesh
@@ -193,6 +194,48 @@ def test_micro_batches_give_the_same_update(setup):
         assert split[key] == pytest.approx(single[key], rel=1e-4, abs=1e-7), key
     assert single["kl"] > 0  # the second update moved away from the reference
     np.testing.assert_allclose(split_logp, single_logp, rtol=1e-4, atol=1e-4)
+
+
+def _media_per_row(inputs):
+    """The inputs as before media were shared: every row with its own copy of its media."""
+    index = np.asarray(inputs.media_row)
+    copies = {n: np.asarray(getattr(inputs, n))[index] for n in VISION_FIELDS}
+    return dataclasses.replace(inputs, **copies, media_row=None)
+
+
+@pytest.mark.parametrize("micro,shape", [(None, (1, 1, 1)), (2, (1, 2, 1))])
+def test_media_encoded_once_per_prompt_give_the_same_loss_and_gradients(setup, micro, shape):
+    """The update's inputs hold each prompt's media once (the vision tower encodes them once,
+    not G times); its loss and gradients, the vision tower's included (trained here), equal
+    those of inputs holding a copy of the media in every row. Micro-batches of 2 rows are half
+    a prompt's group: each holds its prompt's media, repeated to split over the 2 devices."""
+    config, rollouts = setup
+    rollouts = _with_rewards(rollouts, [2, 0, 1, 0, 0, 2, 2, 1])
+    assert rollouts.inputs.pixel_values.shape[0] == 2  # two prompts, eight rows
+    per_row = dataclasses.replace(rollouts, inputs=_media_per_row(rollouts.inputs))
+    mesh = make_mesh(MeshConfig(*shape))
+    train = dataclasses.replace(TRAIN, freeze_vision=False)
+    g = _grpo(beta=0.04, micro_batch_rows=micro)
+    trainer = GRPOTrainer(init_model(config, seed=0, mesh=mesh), mesh, train, g)
+    params, p = trainer.state["params"], rollouts.prompt_length
+    shared, copied = trainer.micro_batches(rollouts), trainer.micro_batches(per_row)
+    for once, each in zip(shared, copied, strict=True):
+        rows = once.inputs.input_ids.shape[0]
+        assert once.inputs.pixel_values.shape[0] == (1 if micro else 2) * shape[1]
+        assert each.inputs.pixel_values.shape[0] == rows
+        ref = trainer._logprobs(trainer.ref_params, trainer.frozen, once.inputs, prompt_length=p)
+        loss, _, grads = trainer._grads(params, trainer.frozen, once, None, ref, p)
+        want_loss, _, want = trainer._grads(params, trainer.frozen, each, None, ref, p)
+        assert float(loss) == pytest.approx(float(want_loss), abs=1e-5)
+        flat_got = jax.tree_util.tree_leaves_with_path(grads)
+        flat_want = jax.tree.leaves(want)
+        assert len(flat_got) == len(flat_want)
+        assert max(float(np.abs(x).max()) for x in flat_want) > 1e-2  # 1e-5 is a real bound
+        vision = 0
+        for (path, got), expected in zip(flat_got, flat_want, strict=True):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=0, atol=1e-5)
+            vision += "visual" in jax.tree_util.keystr(path) and np.abs(expected).max() > 0
+        assert vision  # gradients reach the vision tower through the shared features
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,9 @@ class ModelInputs:
     rot_pos: np.ndarray | jax.Array | None = None  # [B, Np, 2]
     window_index: np.ndarray | jax.Array | None = None  # [B, Sw, Lw] row-local, pad = Np
     frame_index: np.ndarray | jax.Array | None = None  # [B, Sf, Lf] row-local, pad = Np
+    # Rows that share media (GRPO's G completions of a prompt): the vision arrays above then
+    # hold M media rows, and row b reads the features of media row media_row[b].
+    media_row: np.ndarray | jax.Array | None = None  # [B] int32
 
     @property
     def has_vision(self) -> bool:
@@ -64,7 +67,52 @@ BATCH_AXIS = {
     "rot_pos": 0,
     "window_index": 0,
     "frame_index": 0,
+    "media_row": 0,
 }
+VISION_FIELDS = ("pixel_values", "rot_pos", "window_index", "frame_index")
+
+
+def share_media(inputs: ModelInputs, group: int) -> ModelInputs:
+    """Inputs whose rows come in consecutive groups of ``group`` with the same media (the same
+    prompt's completions) with the vision arrays kept once per group: the vision tower then
+    encodes each group's media once, and every row reads its group's features."""
+    rows = inputs.input_ids.shape[0]
+    if not inputs.has_vision or group == 1:
+        return inputs
+    if rows % group or inputs.media_row is not None:
+        raise ValueError(f"{rows} rows do not come in groups of {group} with their own media")
+    firsts = np.arange(0, rows, group)
+    fields = {name: np.asarray(getattr(inputs, name))[firsts] for name in VISION_FIELDS}
+    for name, kept in fields.items():  # every row of a group must hold its group's media
+        repeated = np.repeat(kept, group, axis=0)
+        if not np.array_equal(repeated, np.asarray(getattr(inputs, name))):
+            raise ValueError(f"share_media: the rows of a group differ in {name}")
+    media_row = (np.arange(rows) // group).astype(np.int32)
+    return dataclasses.replace(inputs, **fields, media_row=media_row)
+
+
+def select_rows(
+    inputs: ModelInputs, rows: np.ndarray, media_rows: int | None = None
+) -> ModelInputs:
+    """``inputs`` of the given rows. With shared media (``media_row``), the media those rows
+    read, in order, the last repeated at the end to ``media_rows`` (so that every part of a
+    batch has one shape, divisible over the mesh), and ``media_row`` renumbered to match."""
+    rows = np.asarray(rows)
+    if inputs.media_row is None:
+        return inputs.map_with_batch_axis(lambda a, axis: np.take(np.asarray(a), rows, axis))
+    wanted = np.asarray(inputs.media_row)[rows]
+    media, local = np.unique(wanted, return_inverse=True)
+    count = media_rows or len(media)
+    if count < len(media):
+        raise ValueError(f"rows read {len(media)} media rows, more than media_rows={count}")
+    media = np.concatenate([media, np.full(count - len(media), media[-1])])
+    out = {
+        name: np.asarray(getattr(inputs, name))[media if name in VISION_FIELDS else rows]
+        for name in BATCH_AXIS
+        if name != "media_row" and name != "position_ids"
+    }
+    out["position_ids"] = np.asarray(inputs.position_ids)[:, rows]
+    return ModelInputs(**out, media_row=local.astype(np.int32))
 
 
 def _as_np(x, name: str, ndim: int | None = None, dtype=None) -> np.ndarray | None:

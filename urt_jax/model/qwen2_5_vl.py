@@ -63,7 +63,8 @@ class Qwen25VL(nnx.Module):
 
     # ---------------------------------------------------------------- jittable pieces
     def vision_features(self, inputs: ModelInputs) -> jax.Array:
-        """Merged vision features per row, [B, Np / merge_unit, D], in placeholder order.
+        """Merged vision features per media row, [B, Np / merge_unit, D] (B the vision arrays'
+        rows), in placeholder order.
 
         The rows are flattened into one sequence for the tower (segment indices are offset per
         row, so attention never crosses rows), which keeps the batch axis shardable.
@@ -88,6 +89,8 @@ class Qwen25VL(nnx.Module):
         x = self.language_model.embed_tokens(inputs.input_ids)
         if inputs.has_vision:
             feats = self.vision_features(inputs).astype(x.dtype)
+            if inputs.media_row is not None:  # rows sharing media: each reads its media row's
+                feats = jnp.take(feats, inputs.media_row, axis=0)
             idx = inputs.vision_token_index
             gathered = jnp.take_along_axis(feats, jnp.maximum(idx, 0)[..., None], axis=1)
             x = jnp.where((idx >= 0)[..., None], gathered, x)

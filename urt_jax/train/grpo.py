@@ -37,7 +37,7 @@ from urt_jax.generate.prompts import (
     prompt_examples,
 )
 from urt_jax.generate.sampler import sample
-from urt_jax.model.inputs import ModelInputs, prepare_inputs
+from urt_jax.model.inputs import ModelInputs, prepare_inputs, select_rows, share_media
 from urt_jax.model.qwen2_5_vl import Qwen25VL
 from urt_jax.rewards import RewardSpec, compute_rewards, parse_reward_specs
 from urt_jax.sharding.mesh import activation_mesh, batch_ways, put_whole
@@ -94,7 +94,7 @@ def completion_log_probs(model: Qwen25VL, inputs: ModelInputs, prompt_length: in
 class Rollouts:
     """One generation batch on the host, ready for the update."""
 
-    inputs: ModelInputs  # [R, P + N] prompt | completion, numpy
+    inputs: ModelInputs  # [R, P + N] prompt | completion, numpy; each prompt's media once
     completion_mask: np.ndarray  # [R, N] float32: generated tokens up to and including the end
     prompt_length: int  # P
     texts: list[str]
@@ -160,7 +160,7 @@ def rollout(
         round_up=lambda kind, k: pow2_at_least(k, 1),
     )
     return Rollouts(
-        inputs,
+        share_media(inputs, g.num_generations),
         completion_mask,
         out.prompt_ids.shape[1],
         texts,
@@ -171,6 +171,16 @@ def rollout(
         out.logprobs,
         sampling_seconds,
     )
+
+
+def media_rows_per_part(media_row, parts: list[np.ndarray], ways: int) -> int | None:
+    """How many media rows each part of a batch with shared media (``ModelInputs.media_row``)
+    holds: the most any part reads, rounded up to a multiple of the ``ways`` the batch is split
+    over, so that each device encodes its share (None: the batch does not share media)."""
+    if media_row is None:
+        return None
+    most = max(len(np.unique(np.asarray(media_row)[part])) for part in parts)
+    return -(-most // ways) * ways
 
 
 @jax.tree_util.register_dataclass
@@ -319,18 +329,20 @@ class GRPOTrainer:
         weights = token_weights(r.completion_mask, self.loss_cfg.aggregation)
         advantages = r.advantages.astype(np.float32)
 
-        def put(a: np.ndarray, lo: int, axis: int = 0) -> jax.Array:
+        def put(a: np.ndarray, axis: int = 0) -> jax.Array:
             # every process holds the whole generation batch (it sampled all of it)
-            return put_whole(self.mesh, np.take(a, np.arange(lo, lo + size), axis), axis)
+            return put_whole(self.mesh, a, axis)
 
+        parts = [np.arange(lo, lo + size) for lo in range(0, rows, size)]
+        media = media_rows_per_part(r.inputs.media_row, parts, ways)
         return [
             MicroBatch(
-                r.inputs.map_with_batch_axis(lambda a, axis, lo=lo: put(a, lo, axis)),
-                put(r.completion_mask, lo),
-                put(weights, lo),
-                put(advantages, lo),
+                select_rows(r.inputs, part, media).map_with_batch_axis(put),
+                put(r.completion_mask[part]),
+                put(weights[part]),
+                put(advantages[part]),
             )
-            for lo in range(0, rows, size)
+            for part in parts
         ]
 
     def step(self, r: Rollouts) -> dict:
