@@ -17,8 +17,12 @@ from typing import Any
 
 import yaml
 
+from urt_jax.model.attention import KERNELS
+from urt_jax.model.layers import DTYPE_NAMES
+from urt_jax.model.remat import REMAT_POLICIES
 from urt_jax.resources import resolve_input
 from urt_jax.sharding.mesh import MeshConfig
+from urt_jax.train.grpo_loss import AGGREGATIONS, KL_ESTIMATORS
 
 
 class RunConfigError(ValueError):
@@ -236,11 +240,147 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-_CHOICES = {
-    ("model", "kernels"): ("auto", "cpu", "tpu", "gpu"),
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take: ``low`` <= value (< with ``open_low``), value
+    <= ``high`` (< with ``open_high``); None leaves that side unbounded. Null is allowed where
+    the setting's type allows it (it then means the documented default)."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def holds(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.open_high else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"value {'>' if self.open_low else '>='} {self.low:g}"
+        high = f" {'<' if self.open_high else '<='} {self.high:g}"
+        if self.low is None:
+            return f"value{high}"
+        return f"{self.low:g} {'<' if self.open_low else '<='} value{high}"
+
+
+AT_LEAST_1 = Range(1)
+AT_LEAST_0 = Range(0)
+POSITIVE = Range(0, open_low=True)
+FRACTION = Range(0, 1)  # 0 <= value <= 1
+FRACTION_BELOW_1 = Range(0, 1, open_high=True)
+
+# Every numeric setting's allowed values, checked when a config loads.
+RANGES: dict[tuple[str, str], Range] = {
+    ("", "seed"): AT_LEAST_0,
+    ("data", "max_length"): AT_LEAST_1,
+    ("data", "min_pixels"): AT_LEAST_1,
+    ("data", "max_pixels"): AT_LEAST_1,
+    ("data", "max_frames"): AT_LEAST_1,
+    ("data", "swap_probability"): FRACTION,
+    ("data", "batch_size"): AT_LEAST_1,
+    ("data", "bucket_lengths"): AT_LEAST_1,
+    ("data.synthetic", "n_train"): AT_LEAST_1,
+    ("data.synthetic", "n_heldout"): AT_LEAST_0,
+    ("data.synthetic", "image_size"): Range(28),
+    ("data.synthetic", "num_frames"): AT_LEAST_1,
+    ("data.synthetic", "pointwise_fraction"): FRACTION,
+    ("train", "max_steps"): AT_LEAST_1,
+    ("train", "learning_rate"): POSITIVE,
+    ("train", "warmup_ratio"): FRACTION_BELOW_1,
+    ("train", "min_lr_ratio"): FRACTION,
+    ("train", "weight_decay"): AT_LEAST_0,
+    ("train", "adam_b1"): FRACTION_BELOW_1,
+    ("train", "adam_b2"): FRACTION_BELOW_1,
+    ("train", "adam_eps"): POSITIVE,
+    ("train", "max_grad_norm"): POSITIVE,
+    ("train", "grad_accum"): AT_LEAST_1,
+    ("train", "log_every"): AT_LEAST_1,
+    ("train", "checkpoint_every"): AT_LEAST_1,
+    ("train", "keep_checkpoints"): AT_LEAST_1,
+    ("eval", "max_new_tokens"): AT_LEAST_1,
+    ("eval", "batch_size"): AT_LEAST_1,
+    ("eval", "order_seed"): AT_LEAST_0,
+    ("eval", "max_items"): AT_LEAST_1,
+    ("rejection", "samples_per_prompt"): AT_LEAST_1,
+    ("rejection", "max_new_tokens"): AT_LEAST_1,
+    ("rejection", "temperature"): AT_LEAST_0,
+    ("rejection", "top_p"): Range(0, 1, open_low=True),
+    ("rejection", "batch_size"): AT_LEAST_1,
+    ("rejection", "max_prompts"): AT_LEAST_1,
+    ("rejection", "sft_max_steps"): AT_LEAST_1,
+    ("rejection", "sft_learning_rate"): POSITIVE,
+    ("grpo", "max_steps"): AT_LEAST_1,
+    ("grpo", "prompts_per_step"): AT_LEAST_1,
+    ("grpo", "num_generations"): Range(2),  # a group needs two completions to compare
+    ("grpo", "num_iterations"): AT_LEAST_1,
+    ("grpo", "micro_batch_rows"): AT_LEAST_1,
+    ("grpo", "max_new_tokens"): AT_LEAST_1,
+    ("grpo", "temperature"): POSITIVE,
+    ("grpo", "top_p"): Range(0, 1, open_low=True),
+    ("grpo", "learning_rate"): POSITIVE,
+    ("grpo", "warmup_ratio"): FRACTION_BELOW_1,
+    ("grpo", "beta"): AT_LEAST_0,
+    ("grpo", "clip_eps_low"): FRACTION_BELOW_1,
+    ("grpo", "clip_eps_high"): AT_LEAST_0,
+    ("grpo", "kl_clamp"): POSITIVE,
+    ("grpo", "advantage_eps"): AT_LEAST_0,
+}
+# -1 (every device the other axes leave) or a positive size
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Every setting with a fixed set of values.
+CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("model", "dtype"): (*DTYPE_NAMES, "mixed_bfloat16", "mixed_bf16"),
+    ("model", "remat"): ("none", *REMAT_POLICIES),
+    ("model", "kernels"): KERNELS,
+    ("data.synthetic", "trace"): ("full", "brief"),
+    ("train", "nonfinite"): ("skip", "stop"),
     ("eval", "protocol"): ("both_orders", "release"),
     ("eval", "mode"): ("cot", "direct"),
+    ("rejection", "grpo_prompts"): ("any_wrong", "all_wrong"),
+    ("grpo", "kl_estimator"): tuple(KL_ESTIMATORS),
+    ("grpo", "aggregation"): tuple(AGGREGATIONS),
+    ("grpo", "advantage_std"): ("sample", "population"),
+    ("grpo", "advantage_scale"): ("group", "batch", "none"),
 }
+
+
+def _section(cfg: RunConfig, dotted: str) -> Any:
+    for name in filter(None, dotted.split(".")):
+        cfg = getattr(cfg, name)
+    return cfg
+
+
+def check_values(cfg: RunConfig, where: str) -> None:
+    """Every setting of ``RANGES``, ``CHOICES`` and the mesh within its allowed values; the
+    first that is not raises a RunConfigError naming the file, the key, the value and what is
+    allowed."""
+
+    def key(section: str, attr: str) -> str:
+        return f"{section}.{attr}" if section else attr
+
+    for (section, attr), allowed in RANGES.items():
+        value = getattr(_section(cfg, section), attr)
+        for v in value if isinstance(value, list) else [value]:
+            if v is not None and not allowed.holds(v):
+                raise RunConfigError(
+                    f"{where}: {key(section, attr)}={value!r} is out of range: allowed {allowed}"
+                )
+    for (section, attr), choices in CHOICES.items():
+        value = getattr(_section(cfg, section), attr)
+        if value not in choices:
+            raise RunConfigError(
+                f"{where}: {key(section, attr)}={value!r} is not one of {list(choices)}"
+            )
+    for axis in MESH_AXES:
+        value = getattr(cfg.mesh, axis)
+        if value != -1 and value < 1:
+            raise RunConfigError(
+                f"{where}: mesh.{axis}={value!r}: allowed -1 (every device the other axes "
+                "leave) or a size >= 1"
+            )
 
 
 def load_run_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> RunConfig:
@@ -258,10 +398,7 @@ def load_run_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> R
         key, raw = item.split("=", 1)
         _set_dotted(data, key.strip(), yaml.safe_load(raw))
     cfg = _build(RunConfig, data, path)
-    for (section, attr), allowed in _CHOICES.items():
-        value = getattr(getattr(cfg, section), attr)
-        if value not in allowed:
-            raise RunConfigError(f"{path}: {section}.{attr} {value!r} is not one of {allowed}")
+    check_values(cfg, path)
     base = os.path.dirname(os.path.dirname(os.path.abspath(path)))
     for section, attr in (
         ("model", "config"),

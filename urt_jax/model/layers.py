@@ -23,6 +23,7 @@ _DTYPES = {
     "float16": jnp.float16,
     "fp16": jnp.float16,
 }
+DTYPE_NAMES = tuple(_DTYPES)
 
 
 def to_dtype(name: str | jnp.dtype) -> jnp.dtype:
