@@ -5,18 +5,18 @@ ahead of time with abstract arrays on a CPU mesh of fake devices, reporting per-
     python benchmarks/plan_7b.py --out plan.json [--meshes ...] [--quick]
 
 Nothing is allocated: parameters, optimiser state and batches are ``jax.ShapeDtypeStruct`` with
-the shardings of the project's rules table. The model is built for TPU (``kernels="tpu"``):
-the layout workarounds for XLA:CPU are left out, the decoder layers run as a rolled scan, as on
-a pod, and attention is splash attention, compiled here in Pallas' interpret mode: its buffers
-are the interpreter's (block-sized tiles plus padded copies of q, k, v), an approximation of the
-TPU kernel's, never [queries, keys] probabilities (quick plan, fsdp 8, SFT 8 x 2048: 11.6 GiB of
-temporaries, 11.2 with the CPU's blocked attention). The model and run
-settings come from configs/model/qwen2_5_vl_7b.yaml and
-configs/pod/qwen2_5_vl_7b_cold_start.yaml (SFT) and configs/pod/qwen2_5_vl_7b_grpo.yaml (GRPO).
+the shardings of the project's rules table. The model is built for TPU (``kernels="tpu"``): the
+layout workarounds for XLA:CPU are left out and the decoder layers run as a rolled scan, as on a
+pod. Attention is splash attention, which cannot be lowered for the TPU here: the memory programs
+trace a stand-in with splash's own inputs, outputs and saved residuals (``plan_attention``: the
+formula is there), so their temporaries hold what the kernel keeps in HBM and nothing of an
+interpreter's. The model and run settings come from configs/model/qwen2_5_vl_7b.yaml and
+configs/pod/qwen2_5_vl_7b_cold_start.yaml (SFT) and configs/pod/qwen2_5_vl_7b_grpo.yaml (GRPO:
+the sampler's program for one generation batch, the reference log-probs and the update).
 Memory is that of the full model compiled as it runs. ``cost_analysis`` counts a loop's body once,
-so FLOPs come from the same programs compiled with 1 and 2 decoder layers unrolled, extrapolated
-linearly to the full depth. Parameter, optimiser and gradient bytes are exact (counted from the
-full model's shard shapes).
+so FLOPs come from programs with the real kernel compiled with 1 and 2 decoder layers unrolled,
+extrapolated linearly to the full depth. Parameter, optimiser and gradient bytes are exact
+(counted from the full model's shard shapes).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from benchmarks.flops import FORMULA  # noqa: E402
+from benchmarks.plan_attention import splash_memory_model  # noqa: E402
 from benchmarks.plan_estimate import V5P, estimate  # noqa: E402
 from benchmarks.plan_shapes import (  # noqa: E402
     IMAGES_PER_ROW,
@@ -54,9 +55,11 @@ from benchmarks.plan_shapes import (  # noqa: E402
     grpo_micro_batch,
     image_grid,
     reduced_config,
+    sampling_prompts,
     sft_batch,
 )
 from urt_jax.config import load_run_config  # noqa: E402
+from urt_jax.generate.sampler import lower_sample  # noqa: E402
 from urt_jax.model.config import Qwen25VLConfig  # noqa: E402
 from urt_jax.sharding.init import abstract_model  # noqa: E402
 from urt_jax.sharding.mesh import MeshConfig, batch_ways, make_mesh  # noqa: E402
@@ -132,11 +135,29 @@ def compile_sft(config, run, mesh, cases, unroll: int | None = None) -> dict:
     return out
 
 
-def compile_grpo(config, run, mesh, unroll: int | None = None) -> dict:
+def compile_sampling(config, model, run, mesh) -> dict:
+    """The sampler's program for one generation batch of ``run.grpo`` (prompts_per_step
+    prompts x G, every completion ``max_new_tokens`` long: no end token), compiled as
+    ``urt_jax.generate.sample`` runs it on the model's mesh."""
+    g = run.grpo
+    batch = sampling_prompts(config, g.prompts_per_step, run.data)
+    options = dict(
+        num_samples=g.num_generations,
+        max_new_tokens=g.max_new_tokens,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        eos_token_ids=[],
+    )
+    out = analyse(lower_sample(model, batch, **options))
+    out["prompts"] = g.prompts_per_step
+    return out
+
+
+def compile_grpo(config, run, mesh, unroll: int | None = None, sampling: bool = False) -> dict:
     """GRPOTrainer's jits, built by its own constructor on an abstract model: reference
     log-probs (forward) and the update of one micro-batch (forward, backward, and AdamW when the
     micro-batch is the whole generation batch; else the gradient accumulation, with AdamW in a
-    separate ``apply``)."""
+    separate ``apply``); with ``sampling``, the sampler's program too."""
     g = run.grpo
     model = planned_model(config, run, mesh, unroll)
     trainer = GRPOTrainer(model, mesh, run.train, g, run.seed)
@@ -145,6 +166,8 @@ def compile_grpo(config, run, mesh, unroll: int | None = None) -> dict:
     rows, size = g.prompts_per_step * g.num_generations, micro.mask.shape[0]
     ref = micro.mask  # the reference log-probs: [rows, N] float32 like the mask
     out = {"ref_logprobs": analyse(trainer._logprobs.lower(params, frozen, micro.inputs, p))}
+    if sampling:  # the policy the trainer samples from, abstract like its state
+        out["sampling"] = compile_sampling(config, trainer.model(), run, mesh)
     if size == rows:
         out["update"] = analyse(
             trainer._update.lower(trainer.state, frozen, micro, None, ref, prompt_length=p)
@@ -185,11 +208,20 @@ def resident_bytes(config, run, mesh) -> dict:
     }
 
 
-def programs(config, run, grpo_run, mesh, cases, grpo: bool, unroll: int | None) -> dict:
+def programs(
+    config, run, grpo_run, mesh, cases, grpo: bool, unroll: int | None, sampling: bool = False
+) -> dict:
     out = {"sft": compile_sft(config, run, mesh, cases, unroll)}
     if grpo:
-        out["grpo"] = compile_grpo(config, grpo_run, mesh, unroll)
+        out["grpo"] = compile_grpo(config, grpo_run, mesh, unroll, sampling)
     return out
+
+
+def memory_programs(config, run, grpo_run, mesh, cases, grpo: bool) -> dict:
+    """The full model's programs as they run, splash attention's buffers counted from its block
+    sizes (``plan_attention``)."""
+    with splash_memory_model():
+        return programs(config, run, grpo_run, mesh, cases, grpo, None, sampling=True)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -282,7 +314,7 @@ def main() -> None:
         }
         entry["resident"] = resident_bytes(config, run, mesh)
         t0 = time.perf_counter()
-        full = programs(config, run, grpo_run, mesh, cases, grpo, None)  # as it runs: memory
+        full = memory_programs(config, run, grpo_run, mesh, cases, grpo)  # as it runs: memory
         points = [  # 1 and 2 decoder layers unrolled: FLOPs per layer
             flatten(programs(reduced_config(config, n, config.vision.depth), run, grpo_run, mesh,
                              cases, grpo, n))
@@ -291,7 +323,7 @@ def main() -> None:
         flat = flatten(full)
         per_layer = {}
         for key in flat:
-            if key.endswith(".flops"):
+            if key.endswith(".flops") and key in points[0]:  # not the sampler's: memory only
                 per_layer[key] = points[1][key] - points[0][key]
                 flat[key] = points[0][key] + (layers - 1) * per_layer[key]
         entry["full_depth"] = unflatten(flat)

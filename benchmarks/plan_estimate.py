@@ -68,6 +68,16 @@ def estimate(name: str, entry: dict, config, run, grpo_run, cases: dict, mfu: fl
         )
         size = gx["micro_batch_rows"]
         micro_batches = rows // size
+        sampling = gx.get("sampling")
+        if sampling is not None:  # the policy's state and the reference resident, no batch
+            out["grpo_sampling"] = {
+                "rows": rows,
+                "prompts": sampling["prompts"],
+                "temp_gib_per_chip": sampling["temp_bytes"] / GIB,
+                "argument_gib_per_chip": sampling["argument_bytes"] / GIB,
+                "peak_gib_per_chip": _peaks(entry, sampling["temp_bytes"], 0, True, False) / GIB,
+            }
+            out["grpo_sampling"]["fits"] = out["grpo_sampling"]["peak_gib_per_chip"] <= hbm
         out["grpo"] = {
             "rows_per_device": size // entry["batch_ways"],
             "micro_batches": micro_batches,

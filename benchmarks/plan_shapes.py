@@ -19,9 +19,9 @@ from urt_jax.data.batching import Batch, Buckets, collate, pow2_at_least
 from urt_jax.data.processor import smart_resize
 from urt_jax.generate.sampler import PROMPT_BUCKETS, _bucket
 from urt_jax.model.config import Qwen25VLConfig
-from urt_jax.model.inputs import BATCH_AXIS, ModelInputs, prepare_inputs
-from urt_jax.sharding.mesh import batch_sharding
-from urt_jax.train.grpo import MicroBatch
+from urt_jax.model.inputs import BATCH_AXIS, VISION_FIELDS, ModelInputs, prepare_inputs
+from urt_jax.sharding.mesh import batch_sharding, batch_ways
+from urt_jax.train.grpo import MicroBatch, media_rows_per_part
 
 # name -> (fsdp, tensor); data = 1. "fsdp4" uses 4 of the 8 fake devices: a v5p-8 slice is
 # 4 chips, and JAX sees each v5p chip (2 TensorCores, megacore) as one device.
@@ -62,16 +62,22 @@ def _row_ids(config: Qwen25VLConfig, length: int, grid) -> np.ndarray:
     return np.asarray(ids + [101] * (length - len(ids)), np.int32)
 
 
-def _abstract(inputs: ModelInputs, rows: int, mesh: Mesh) -> ModelInputs:
-    """ModelInputs of ShapeDtypeStructs: the batch axis set to ``rows``, split over data x fsdp."""
+def _abstract(inputs: ModelInputs, rows: int, mesh: Mesh, media_rows: int | None = None):
+    """ModelInputs of ShapeDtypeStructs: the batch axis set to ``rows`` (the vision arrays' to
+    ``media_rows`` when given: rows sharing media), split over data x fsdp."""
 
-    def one(a, axis):
+    def one(name, a, axis):
         shape = list(np.shape(a))
-        shape[axis] = rows
+        shape[axis] = media_rows if media_rows and name in VISION_FIELDS else rows
         sharding = batch_sharding(mesh, len(shape), axis)
         return jax.ShapeDtypeStruct(tuple(shape), np.asarray(a).dtype, sharding=sharding)
 
-    return inputs.map_with_batch_axis(one)
+    fields = {f.name: getattr(inputs, f.name) for f in dataclasses.fields(inputs)}
+    if media_rows:
+        fields["media_row"] = np.zeros((1,), np.int32)
+    return ModelInputs(
+        **{n: None if a is None else one(n, a, BATCH_AXIS[n]) for n, a in fields.items()}
+    )
 
 
 def sft_batch(config: Qwen25VLConfig, rows: int, length: int, data: DataSection) -> Batch:
@@ -94,7 +100,7 @@ def grpo_micro_batch(
 ) -> tuple[MicroBatch, int, int]:
     """(micro-batch, P, N) of a GRPO update: ``grpo.micro_batch_rows`` rows (all
     prompts_per_step x G rows when unset) of [prompt | completion], the prompt left-padded to the
-    sampler's bucket P, N = max_new_tokens (all rows full)."""
+    sampler's bucket P, N = max_new_tokens (all rows full), with their prompts' media once."""
     grid = image_grid(config, data)
     n_img = int(np.prod(grid)) // config.vision.merge_unit
     prompt_len = PROMPT_TEXT_TOKENS + IMAGES_PER_ROW * (n_img + 2)
@@ -113,13 +119,33 @@ def grpo_micro_batch(
         np.asarray([grid] * IMAGES_PER_ROW, np.int64),
         round_up=lambda kind, k: pow2_at_least(k, 1),
     )
-    rows = g.micro_batch_rows or g.prompts_per_step * g.num_generations
+    total = g.prompts_per_step * g.num_generations
+    rows = g.micro_batch_rows or total
     assert set(BATCH_AXIS) == {f.name for f in dataclasses.fields(ModelInputs)}
+    # each prompt's media once (grpo.share_media), split over the mesh like the trainer's
+    media_row = np.arange(total) // g.num_generations
+    parts = [np.arange(lo, lo + rows) for lo in range(0, total, rows)]
+    media = media_rows_per_part(media_row, parts, batch_ways(mesh))
     per_token = jax.ShapeDtypeStruct((rows, n), np.float32, sharding=batch_sharding(mesh, 2, 0))
     micro = MicroBatch(
-        _abstract(inputs, rows, mesh),
+        _abstract(inputs, rows, mesh, media),
         per_token,
         per_token,
         jax.ShapeDtypeStruct((rows,), np.float32, sharding=batch_sharding(mesh, 1, 0)),
     )
     return micro, p, n
+
+
+def sampling_prompts(config: Qwen25VLConfig, prompts: int, data: DataSection) -> dict:
+    """The sampler's batch of a GRPO step (host arrays, as the processor gives them): ``prompts``
+    rows of ``PROMPT_TEXT_TOKENS`` text tokens and two images each."""
+    grid = image_grid(config, data)
+    n_img = int(np.prod(grid)) // config.vision.merge_unit
+    length = PROMPT_TEXT_TOKENS + IMAGES_PER_ROW * (n_img + 2)
+    patches = int(np.prod(grid)) * IMAGES_PER_ROW * prompts
+    return {
+        "input_ids": np.stack([_row_ids(config, length, grid)] * prompts).astype(np.int64),
+        "attention_mask": np.ones((prompts, length), np.int64),
+        "pixel_values": np.zeros((patches, config.vision.patch_dim), np.float32),
+        "image_grid_thw": np.asarray([grid] * IMAGES_PER_ROW * prompts, np.int64),
+    }
