@@ -132,3 +132,30 @@ def test_two_processes_match_one(config_path, uninterrupted, tmp_path):
     assert exported.keys() == want.keys()
     for key, value in want.items():
         np.testing.assert_allclose(exported[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_sigterm_stops_after_a_checkpoint_and_resumes_from_that_step(
+    config_path, uninterrupted, tmp_path
+):
+    """SIGTERM (a preempted VM, a scheduler) mid-run: the step in progress finishes, is
+    checkpointed (checkpoint_every is 2: whatever step it is), the metrics are flushed and the
+    process exits 75; the rerun resumes from that very step and ends as the uninterrupted run."""
+    out = str(tmp_path / "c")
+    proc = subprocess.Popen(_cmd(config_path, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    metrics = os.path.join(out, "metrics.jsonl")
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(metrics) and len(open(metrics).readlines()) >= 1:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    err = err.decode()
+    assert proc.returncode == 75, err[-3000:]
+    stopped = len(_losses(out))
+    assert 1 <= stopped < STEPS
+    assert f"stopped by SIGTERM after step {stopped}" in err and "Traceback" not in err
+    assert str(stopped) in os.listdir(os.path.join(out, "checkpoints"))
+    resumed = _run(config_path, out)
+    assert f"resumed from step {stopped}" in resumed.stderr
+    np.testing.assert_array_equal(_losses(out), _losses(uninterrupted))

@@ -4,6 +4,7 @@ of the same target never share a temporary file."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections.abc import Callable
@@ -33,3 +34,32 @@ def replace_with(path: str, write: Callable[[IO[Any]], object], binary: bool = F
 def write_text(path: str, text: str) -> None:
     """``text`` as a UTF-8 file, written whole or not at all."""
     replace_with(path, lambda f: f.write(text))
+
+
+def cut_back_jsonl(path: str, last_step: int) -> int:
+    """A JSONL log of ``{"step": ...}`` rows (metrics, completions) as it stood after step
+    ``last_step``: rows of later steps (written before an interruption) and a torn last line (a
+    kill mid-write) are dropped, so that a resumed run never holds a step twice. Rewritten whole
+    or not at all; returns the rows kept. A torn line anywhere but the end is an error naming
+    the file and the line."""
+    if not os.path.exists(path):
+        return 0
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    kept: list[bytes] = []
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except ValueError:
+            if number == len(lines):  # the last line, no newline after it: cut mid-write
+                break
+            raise ValueError(f"{path}:{number}: not a JSON line: {raw[:80]!r}") from None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            raise ValueError(f"{path}:{number}: a row without an integer 'step'")
+        if row["step"] <= last_step:
+            kept.append(raw + b"\n")
+    if len(kept) != sum(1 for raw in lines if raw.strip()):
+        replace_with(path, lambda f: f.writelines(kept), binary=True)
+    return len(kept)

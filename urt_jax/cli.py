@@ -207,6 +207,9 @@ def _stage_command(sub, name: str, help: str, func, model_help: str) -> argparse
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="urt-jax", description=__doc__)
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error, not only its message"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the stages a config declares (resumable)")
@@ -361,10 +364,19 @@ def main(argv: list[str] | None = None) -> int:
         reexec_with_hugepages()
     args = parse_args(argv)
     _setup_logging()
+    from urt_jax.train.checkpoint import CheckpointRestoreError, CheckpointSaveError
+    from urt_jax.train.loop import STOPPED_EXIT_CODE, RunStopped
+
     try:
         status = args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"urt-jax: error: {e}", file=sys.stderr)
+    except RunStopped as e:
+        print(f"urt-jax: {e}", file=sys.stderr)
+        return STOPPED_EXIT_CODE
+    except (ValueError, OSError, CheckpointRestoreError, CheckpointSaveError) as e:
+        # what a user can fix: a setting, a file, a path, permissions, disk space
+        if args.debug:
+            raise
+        print(f"urt-jax: error: {e} (--debug shows the traceback)", file=sys.stderr)
         return 2
     return int(status or 0)
 

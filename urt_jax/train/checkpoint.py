@@ -4,7 +4,11 @@ A checkpoint holds the train state (trainable parameters, optimiser state, step,
 iterator's state, so a resumed run continues with the exact next batch. Orbax writes each step into
 a temporary directory and renames it when complete; a directory left half-written by a killed
 process is never taken for a checkpoint: it is reported and the last complete step is used. A
-complete-looking step that fails to restore is reported too, and the previous one is tried.
+complete-looking step that fails to restore while an older one restores is corrupt: it is moved
+aside (renamed ``{step}.corrupt``, never deleted) and reported, and the run goes on from the older
+step, saving the later steps again as it re-reaches them. A save that fails (a full disk, a
+lost mount) stops training at the next step with one message; the checkpoints already written
+are untouched (a step is renamed into place only once complete).
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ _TMP = re.compile(r"\.orbax-checkpoint-tmp")
 
 class CheckpointRestoreError(RuntimeError):
     """Checkpoints exist but none fits the run's state."""
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written."""
 
 
 def _name(entry) -> str:
@@ -68,13 +76,35 @@ class Checkpointer:
         return sorted(n for n in os.listdir(self.directory) if _TMP.search(n))
 
     def save(self, step: int, state, data_state: dict, force: bool = False) -> bool:
+        """Starts saving ``step`` when it is due (or ``force``); first raises CheckpointSaveError
+        if an earlier asynchronous save failed."""
+        self.check()
         named, _ = flatten_named(state)
-        return self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(named), data=ocp.args.JsonSave(data_state)
-            ),
-            force=force,
+        try:
+            return self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(named), data=ocp.args.JsonSave(data_state)
+                ),
+                force=force,
+            )
+        except Exception as e:  # noqa: BLE001 - orbax wraps the OSError of a full disk
+            raise self._save_error(step, e) from e
+
+    def check(self) -> None:
+        """Raises CheckpointSaveError if an asynchronous save has failed since the last check."""
+        try:
+            self.manager.check_for_errors()
+        except Exception as e:  # noqa: BLE001
+            raise self._save_error(None, e) from e
+
+    def _save_error(self, step: int | None, error: Exception) -> CheckpointSaveError:
+        which = "a checkpoint" if step is None else f"the checkpoint of step {step}"
+        kept = sorted(self.manager.all_steps())
+        return CheckpointSaveError(
+            f"{self.directory}: writing {which} failed ({_root_cause(error)}); training stopped. "
+            f"Checkpoints already written: steps {kept or 'none'}; free space (or fix the "
+            "directory) and rerun the same command to resume from the newest."
         )
 
     def restore_latest(self, abstract_state) -> tuple[int, object, dict] | None:
@@ -105,6 +135,7 @@ class Checkpointer:
                 )
                 continue
             state = unflatten_named(restored["state"], treedef, abstract_state)
+            self._quarantine([s for s in steps if s > step])
             return step, state, restored["data"]
         if steps:  # never start over on top of checkpoints (a new run would rotate them out)
             raise CheckpointRestoreError(
@@ -115,9 +146,39 @@ class Checkpointer:
             )
         return None
 
+    def _quarantine(self, steps: list[int]) -> None:
+        """Moves the given (unrestorable) steps aside, so that the run can save them again."""
+        for step in steps:
+            source = os.path.join(self.directory, str(step))
+            target = f"{source}.corrupt"
+            n = 1
+            while os.path.exists(target):
+                n += 1
+                target = f"{source}.corrupt{n}"
+            os.rename(source, target)
+            log.warning(
+                "checkpoint step %d cannot be restored: moved to %s (kept for inspection); "
+                "the run goes on from the newest checkpoint that restores",
+                step,
+                target,
+            )
+        if steps:
+            self.manager.reload()
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
+        self.check()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.manager.wait_until_finished()
+            self.check()
+        finally:
+            self.manager.close()
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost exception of a chain, as ``Type: message`` (orbax wraps OS errors)."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return f"{type(error).__name__}: {error}"

@@ -9,14 +9,14 @@ import time
 
 import numpy as np
 
-from urt_jax.atomic import replace_with
+from urt_jax.atomic import cut_back_jsonl
 
 
 class MetricsLogger:
     """Writes ``{out_dir}/metrics.jsonl`` and ``{out_dir}/tensorboard/``; shows progress.
 
     On a resumed run, lines for steps after the restored step (written before the interruption)
-    are dropped, so the file keeps exactly one line per step.
+    and a torn last line are dropped, so the file keeps exactly one line per step.
     """
 
     def __init__(
@@ -40,7 +40,7 @@ class MetricsLogger:
         if not enabled:
             return
         os.makedirs(out_dir, exist_ok=True)
-        self._truncate_after(start_step)
+        cut_back_jsonl(self.path, start_step)
         self._file = open(self.path, "a")
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -50,13 +50,6 @@ class MetricsLogger:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
-
-    def _truncate_after(self, step: int) -> None:
-        if not os.path.exists(self.path):
-            return
-        with open(self.path) as f:
-            lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-        replace_with(self.path, lambda f: f.writelines(lines))
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from urt_jax.atomic import cut_back_jsonl
 from urt_jax.config import RunConfig, RunConfigError
 from urt_jax.data.examples import builder_from_config
 from urt_jax.data.sources import open_records
@@ -15,6 +16,7 @@ from urt_jax.run_settings import check_directory, settings_of
 from urt_jax.sharding.mesh import initialize_distributed, make_mesh, writes_here
 from urt_jax.train.checkpoint import Checkpointer
 from urt_jax.train.grpo import GRPOTrainer
+from urt_jax.train.loop import run_steps
 from urt_jax.train.metrics import MetricsLogger
 from urt_jax.train.run_sft import export_model, load_model
 
@@ -88,22 +90,27 @@ def run_grpo(
         enabled=writer,
     )
     completions_path = os.path.join(out_dir, "completions.jsonl")
-    last: dict = {}
-    try:
-        for step in range(start + 1, g.max_steps + 1):
-            batch = [
-                records[i] for i in prompt_order(len(records), step, g.prompts_per_step, cfg.seed)
-            ]
-            rollouts = trainer.rollout(builder.tokenizer, batch, builder, seed=cfg.seed + step)
-            last = trainer.step(rollouts)
-            if step % cfg.train.log_every == 0 or step == g.max_steps:
-                logger.log(step, last)
-            if writer:
-                _append_completions(completions_path, step, batch, rollouts, g.num_generations)
-            ckpt.save(step, trainer.state, {"step": step}, force=step == g.max_steps)
-    finally:
-        ckpt.close()
-        logger.close()
+    if writer:  # the steps after the checkpoint resumed from are sampled again
+        cut_back_jsonl(completions_path, start)
+
+    def one_step(step: int) -> dict:
+        order = prompt_order(len(records), step, g.prompts_per_step, cfg.seed)
+        batch = [records[i] for i in order]
+        rollouts = trainer.rollout(builder.tokenizer, batch, builder, seed=cfg.seed + step)
+        metrics = trainer.step(rollouts)
+        if writer:
+            _append_completions(completions_path, step, batch, rollouts, g.num_generations)
+        return metrics
+
+    last = run_steps(
+        start,
+        g.max_steps,
+        one_step,
+        lambda step: (trainer.state, {"step": step}),
+        ckpt,
+        logger,
+        cfg.train.log_every,
+    )
     export_model(trainer.model(), os.path.join(out_dir, "hf"), hf_dir, builder.chat)
     return {"steps": g.max_steps, "resumed_from": start, "final": last}
 

@@ -26,6 +26,7 @@ from urt_jax.sharding.mesh import (
     writes_here,
 )
 from urt_jax.train.checkpoint import Checkpointer
+from urt_jax.train.loop import run_steps
 from urt_jax.train.metrics import MetricsLogger
 from urt_jax.train.sft import SFTTrainer
 
@@ -120,17 +121,19 @@ def run_sft(
     logger = MetricsLogger(
         out_dir, train.max_steps, start, progress=train.progress, enabled=writes_here()
     )
-    last = {}
-    try:
-        for step in range(start + 1, train.max_steps + 1):
-            micro = [next(iterator) for _ in range(train.grad_accum)]
-            last = trainer.step(micro)
-            if step % train.log_every == 0 or step == train.max_steps:
-                logger.log(step, last)
-            ckpt.save(step, trainer.state, iterator.get_state(), force=step == train.max_steps)
-    finally:
-        ckpt.close()
-        logger.close()
+
+    def one_step(step: int) -> dict:
+        return trainer.step([next(iterator) for _ in range(train.grad_accum)])
+
+    last = run_steps(
+        start,
+        train.max_steps,
+        one_step,
+        lambda step: (trainer.state, iterator.get_state()),
+        ckpt,
+        logger,
+        train.log_every,
+    )
     export_model(trainer.model(), os.path.join(out_dir, "hf"), hf_dir, builder.chat)
     return {"steps": train.max_steps, "resumed_from": start, "final": last}
 
