@@ -126,3 +126,77 @@ def test_a_torn_line_inside_a_log_is_named(tmp_path, name):
     path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
     assert cut_back_jsonl(str(path), 5) == 2
     assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
+def _png_header_only(path, width, height):
+    """A PNG whose header claims ``width`` x ``height`` (a decompression bomb's claim)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+def test_bad_media_are_found_before_training_with_their_line(tmp_path, caplog):
+    """Corrupt, truncated, zero-byte, pixel-bomb and missing images and an undecodable video in
+    a training file: the pre-flight names each record's file and line before any step; with
+    data.skip_invalid the run drops those records and says so."""
+    from urt_jax.data.pipeline import InvalidDataError, load_records
+    from urt_jax.data.synthetic import SyntheticConfig, write_synthetic
+
+    paths = write_synthetic(
+        str(tmp_path), 16, 1, seed=4, cfg=SyntheticConfig(image_size=56, num_frames=4)
+    )
+    rows = [json.loads(line) for line in open(paths["train"])]
+    images = [i for i, r in enumerate(rows) if r.get("images")]
+    videos = [i for i, r in enumerate(rows) if r.get("videos")]
+    assert len(images) >= 5 and videos, rows[0].keys()
+
+    def image_of(i):
+        return tmp_path / rows[i]["images"][0]
+
+    image_of(images[0]).write_bytes(b"\x89PNG\r\n\x1a\n not an image")  # corrupt
+    whole = image_of(images[1]).read_bytes()
+    image_of(images[1]).write_bytes(whole[: len(whole) // 2])  # truncated
+    image_of(images[2]).write_bytes(b"")  # zero bytes
+    _png_header_only(image_of(images[3]), 10_000, 10_000)  # pixel bomb
+    image_of(images[4]).unlink()  # missing
+    frames = rows[videos[0]]["videos"][0]  # a video given as frame images
+    (tmp_path / frames[1]).write_bytes(b"GIF89a garbage")
+    (tmp_path / "bad.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 garbage")  # a video file
+    rows.append(dict(rows[videos[0]], id="bad-video", videos=["bad.mp4", "bad.mp4"]))
+    with open(paths["train"], "a") as f:
+        f.write(json.dumps(rows[-1]) + "\n")
+    bad = sorted([*images[:5], videos[0], len(rows) - 1])
+    with pytest.raises(InvalidDataError) as e:
+        load_records(paths["train"], max_errors_shown=10)
+    message = str(e.value)
+    assert f"{len(bad)} invalid record(s) of {len(rows)}" in message
+    for i in bad:
+        assert f"train.jsonl:{i + 1}:" in message, (i, message)
+    for why in ("cannot decode image", "exceeds the limit", "image file not found", "decode video"):
+        assert why in message
+    kept = load_records(paths["train"], skip_invalid=True)
+    assert [r.source for r in kept] == [
+        f"{paths['train']}:{i + 1}" for i in range(len(rows)) if i not in bad
+    ]
+    assert "skipped (data.skip_invalid=true)" in caplog.text
+
+
+def test_data_check_flags_an_empty_file_and_invalid_utf8(tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert cli_main(["data", "check", str(empty)]) != 0
+    assert "no records" in capsys.readouterr().out
+    latin = tmp_path / "latin1.jsonl"
+    latin.write_bytes(b'{"id": "a"}\n{"prompt": "caf\xe9"}\n')
+    assert cli_main(["data", "check", str(latin)]) != 0
+    out = capsys.readouterr().out
+    assert "latin1.jsonl:2: invalid UTF-8: byte 0xe9 at column 16" in out

@@ -52,13 +52,33 @@ def test_score_writes_verdicts_and_cot(items, tmp_path, capsys):
     assert all(isinstance(j["output"], str) and "verdict" in j for j in judged)
 
 
-def test_unlabelled_items_must_still_be_well_formed(items, tmp_path):
-    path, _, rows = items
-    bad = dict(rows[2], answers=["only one"])  # an understanding pair needs two answers
-    file = tmp_path / "bad.jsonl"
-    file.write_text(json.dumps(rows[2]) + "\n" + json.dumps(bad) + "\n")
-    with pytest.raises(RecordError, match=r"bad.jsonl:2: .*needs 2 answer"):
-        read_items(str(file), os.path.dirname(path))
+def test_bad_items_get_an_error_line_and_the_rest_are_judged(items, tmp_path, capsys):
+    """A malformed item, an item whose image is corrupt and one whose image is missing each get
+    a line naming their source line and what is wrong, in their place; every other item is
+    judged; the command exits 1."""
+    path, model_dir, rows = items
+    root = os.path.dirname(path)
+    with open(os.path.join(root, "corrupt.png"), "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n not an image")
+    bad_answers = dict(rows[2], answers=["only one"])  # an understanding pair needs two answers
+    bad_image = dict(rows[0], images=["corrupt.png", rows[0]["images"][1]])
+    missing = dict(rows[0], images=["nowhere.png", rows[0]["images"][1]])
+    lines = [rows[1], bad_answers, rows[2], bad_image, missing]
+    file = tmp_path / "mixed.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    output = tmp_path / "judged.jsonl"
+    argv = ["score", str(file), "eval.max_new_tokens=4", "--config", DEMO, "--data-root", root]
+    assert cli_main([*argv, "--model", model_dir, "--output", str(output)]) == 1
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["items"] == 2 and summary["invalid"] == 3
+    judged = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [j.get("line", "").rsplit(":", 1)[-1] for j in judged] == ["", "2", "", "4", "5"]
+    assert "needs 2 answer" in judged[1]["error"]
+    assert "cannot decode image" in judged[3]["error"] and "corrupt.png" in judged[3]["error"]
+    assert "not found" in judged[4]["error"]
+    assert [j["id"] for j in judged if "verdict" in j] == [rows[1]["id"], rows[2]["id"]]
+    items_read = read_items(str(file), root)
+    assert [isinstance(x, RecordError) for x in items_read] == [False, True, False, True, True]
     assert load_run_config(DEMO).eval.mode == "cot"
 
 

@@ -173,7 +173,7 @@ def _grpo(args: argparse.Namespace) -> None:
     )
 
 
-def _score(args: argparse.Namespace) -> None:
+def _score(args: argparse.Namespace) -> int:
     import json
 
     from urt_jax.config import RunConfig
@@ -185,6 +185,7 @@ def _score(args: argparse.Namespace) -> None:
     model_dir = _model_dir(args, cfg, "score")
     summary = score_file(cfg, model_dir, args.input, args.output, args.data_root)
     print(json.dumps(summary, indent=2))
+    return 1 if summary["invalid"] else 0
 
 
 def _run(args: argparse.Namespace) -> None:

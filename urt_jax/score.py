@@ -4,24 +4,30 @@ Items are pairs (or single candidates, pointwise) in any data format; native ite
 the verdict. Each item is judged once, in the order given, and written as one JSON line with the
 verdict, the chain of thought and whether it is well formed; items that carry a verdict also get
 ``expected`` and ``correct``. An item whose prompt is longer than ``data.max_length`` gets a line
-with ``skipped`` (the reason) instead, and the rest are still judged.
+with ``skipped`` (the reason) instead, and an item that cannot be judged (malformed, or a media
+file missing or undecodable) a line with its ``line`` and ``error``; the rest are still judged,
+and the command then exits 1.
 """
 
 from __future__ import annotations
 
 from urt_jax.config import RunConfig, options_from
+from urt_jax.data.media import check_all_media
 from urt_jax.data.readers import read_records, write_jsonl
-from urt_jax.data.records import RecordError
+from urt_jax.data.records import PreferenceRecord, RecordError
 from urt_jax.sharding.mesh import wait_for_writer, writes_here
 
 
-def read_items(path: str, data_root: str | None) -> list:
-    records, problems = [], []
-    for item in read_records(path, data_root, labelled=False):
-        (problems if isinstance(item, RecordError) else records).append(item)
-    if problems:
-        raise RecordError("\n".join(str(p) for p in problems))
-    return records
+def read_items(path: str, data_root: str | None) -> list[PreferenceRecord | RecordError]:
+    """Every item of ``path`` in order: a record to judge, or the RecordError of an item that
+    cannot be judged (malformed, or one of its media unusable: ``media.check_all_media``)."""
+    items = list(read_records(path, data_root, labelled=False))
+    records = [(i, r) for i, r in enumerate(items) if not isinstance(r, RecordError)]
+    unusable = check_all_media([r for _, r in records])
+    for k, why in unusable.items():
+        i, record = records[k]
+        items[i] = RecordError(f"{record.source}: {why}")
+    return items
 
 
 def score_file(
@@ -31,13 +37,20 @@ def score_file(
     from urt_jax.evaluate import EvalOptions, judge
     from urt_jax.pipeline import generation_setup
 
-    records = read_items(path, data_root)
+    items = read_items(path, data_root)
+    records = [r for r in items if not isinstance(r, RecordError)]
     model, builder = generation_setup(cfg, model_dir)
     options = options_from(EvalOptions, cfg.eval, protocol="both_orders", swap=False, seed=cfg.seed)
-    judgements = judge(model, builder.tokenizer, records, builder, options)
+    judged = iter(judge(model, builder.tokenizer, records, builder, options) if records else [])
     labelled = correct = well_formed = skipped = 0
-    rows = []
-    for record, j in zip(records, judgements, strict=True):
+    rows, invalid = [], []
+    for record in items:
+        if isinstance(record, RecordError):  # in its place, with its line and what is wrong
+            where, _, why = str(record).partition(": ")
+            rows.append({"line": where, "error": why})
+            invalid.append(str(record))
+            continue
+        j = next(judged)
         row = {"id": record.id, "task": record.task, "mode": record.mode}
         if "skipped" in j:
             rows.append({**row, "skipped": j["skipped"]})
@@ -57,6 +70,8 @@ def score_file(
     return {
         "items": n,
         "skipped": skipped,
+        "invalid": len(invalid),
+        "errors": invalid,
         "format_rate": well_formed / max(n, 1),
         "labelled": labelled,
         "accuracy": correct / labelled if labelled else None,

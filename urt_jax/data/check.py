@@ -3,8 +3,9 @@ lists), each with its file and line.
 
 Checks: malformed JSON, missing or mistyped fields, verdicts outside the accepted strings,
 multi-turn dialogues, ``<image>``/``<video>`` tags that do not match the media, media paths that
-escape the data root, missing or undecodable media (images opened with a pixel limit),
-and, when a tokenizer is given, samples longer than ``max_length`` after tokenisation.
+escape the data root, missing or undecodable media (images opened with a pixel limit), an empty
+file, invalid UTF-8, and, when a tokenizer is given, samples longer than ``max_length`` after
+tokenisation.
 """
 
 from __future__ import annotations
@@ -57,4 +58,6 @@ def check_file(
             report.problems.append(str(e))
         except (MediaError, ImageError, ValueError) as e:
             report.problems.append(f"{item.source}: {e}")
+    if report.records == 0:
+        report.problems.append(f"{path}: no records (an empty data file)")
     return report

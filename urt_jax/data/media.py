@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,7 +28,9 @@ def open_image(src: str | bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> 
     if isinstance(src, str) and not os.path.isfile(src):
         raise MediaError(f"{name}: image file not found")
     try:
-        image = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
+        with warnings.catch_warnings():  # the size is checked here, against max_pixels
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
         if image.width * image.height > max_pixels:
             raise MediaError(
                 f"{name}: {image.width}x{image.height} exceeds the limit of {max_pixels} pixels"
@@ -81,6 +84,63 @@ def decode_video(
         raise MediaError(f"{name}: the video has no frames")
     idx = sample_frame_indices(len(frames), max_frames)
     return [frames[i] for i in idx], rate * len(idx) / len(frames)
+
+
+def check_media(media: Media, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+    """Raises MediaError if ``media`` cannot be used: a missing, empty, truncated or undecodable
+    image (decoded whole: a truncated file shows only then), one over ``max_pixels`` (from its
+    header, before decoding); a video that cannot be opened, has no video stream, has frames
+    over the limit or whose first frame does not decode; a frame list with any such frame."""
+    if media.kind == "image":
+        open_image(media.path if media.path is not None else media.data, max_pixels)
+        return
+    if media.frames is not None:
+        for frame in media.frames:
+            open_image(frame, max_pixels)
+        return
+    import av
+
+    src = media.path if media.path is not None else media.data
+    name = "<bytes>" if isinstance(src, bytes) else src
+    if isinstance(src, str) and not os.path.isfile(src):
+        raise MediaError(f"{name}: video file not found")
+    try:
+        with av.open(io.BytesIO(src) if isinstance(src, bytes) else src) as container:
+            if not container.streams.video:
+                raise MediaError(f"{name}: no video stream")
+            stream = container.streams.video[0]
+            if stream.width * stream.height > max_pixels:
+                raise MediaError(
+                    f"{name}: {stream.width}x{stream.height} frames exceed the "
+                    f"limit of {max_pixels} pixels"
+                )
+            if next(container.decode(stream), None) is None:
+                raise MediaError(f"{name}: the video has no frames")
+    except MediaError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError) as e:
+        raise MediaError(f"{name}: cannot decode video ({e})") from None
+
+
+def check_all_media(
+    records: Sequence, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, workers: int | None = None
+) -> dict[int, str]:
+    """{index of a record: why one of its media cannot be used}, every record's media checked
+    (``check_media``) in parallel threads (decoders release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def problem(record) -> str | None:
+        try:
+            for m in record.media:
+                check_media(m, max_pixels)
+        except MediaError as e:
+            return str(e)
+        return None
+
+    workers = workers or min(32, 4 * (os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        found = pool.map(problem, records)
+        return {i: p for i, p in enumerate(found) if p is not None}
 
 
 def encode_video(frames: Sequence[Image.Image | np.ndarray], path: str, fps: float = 2.0) -> None:

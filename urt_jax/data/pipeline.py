@@ -18,6 +18,7 @@ import grain
 import jax
 
 from urt_jax.data.batching import Batch, Buckets, collate
+from urt_jax.data.media import check_all_media
 from urt_jax.data.readers import read_records
 from urt_jax.data.records import PreferenceRecord, RecordError
 from urt_jax.model.config import Qwen25VLConfig
@@ -33,11 +34,18 @@ def load_records(
     path: str, data_root: str | None = None, skip_invalid: bool = False, max_errors_shown: int = 5
 ) -> list[PreferenceRecord]:
     """All valid records of a data file or dataset YAML (each error names its JSON file and
-    line). Bad records stop the run unless ``skip_invalid``, which logs how many were dropped and
-    the first errors."""
+    line), every media file of every record opened first (``media.check_all_media``). Bad
+    records stop the run unless ``skip_invalid``, which logs how many were dropped and the first
+    errors."""
     good, bad = [], []
     for item in read_records(path, data_root):
         (bad if isinstance(item, RecordError) else good).append(item)
+    unusable = check_all_media(good)  # before any step: not when a batch arrives
+    if unusable:
+        bad += [RecordError(f"{good[i].source}: {why}") for i, why in unusable.items()]
+        good = [r for i, r in enumerate(good) if i not in unusable]
+    if not good and not bad:
+        raise InvalidDataError(f"{path}: no records (an empty data file)")
     if bad:
         shown = "\n  ".join(str(e) for e in bad[:max_errors_shown])
         message = f"{path}: {len(bad)} invalid record(s) of {len(bad) + len(good)}:\n  {shown}"

@@ -69,19 +69,30 @@ def write_jsonl(path: str, rows: Iterable[dict]) -> None:
 
 def iter_json_objects(path: str) -> Iterator[tuple[int, Any | Exception]]:
     """(line number, object or the JSON error) for a JSONL file or a JSON array file."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    stripped = text.lstrip()
-    if path.endswith(".json") and stripped.startswith("["):
+    with open(path, "rb") as f:
+        raw = f.read()
+    if path.endswith(".json") and raw.lstrip().startswith(b"["):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield raw.count(b"\n", 0, e.start) + 1, RecordError(_not_utf8(raw, e))
+            return
         yield from _iter_array(text)
         return
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
-            yield number, json.loads(line)
+            yield number, json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            yield number, RecordError(_not_utf8(line, e))
         except json.JSONDecodeError as e:
             yield number, RecordError(f"malformed JSON: {e.msg} (column {e.colno})")
+
+
+def _not_utf8(raw: bytes, error: UnicodeDecodeError) -> str:
+    column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
+    return f"invalid UTF-8: byte 0x{raw[error.start]:02x} at column {column}"
 
 
 def _iter_array(text: str) -> Iterator[tuple[int, Any | Exception]]:
