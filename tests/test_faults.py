@@ -200,3 +200,64 @@ def test_data_check_flags_an_empty_file_and_invalid_utf8(tmp_path, capsys):
     assert cli_main(["data", "check", str(latin)]) != 0
     out = capsys.readouterr().out
     assert "latin1.jsonl:2: invalid UTF-8: byte 0xe9 at column 16" in out
+
+
+def test_a_label_that_contradicts_its_own_reply_is_refused(tmp_path):
+    from PIL import Image
+
+    from urt_jax.data.readers import read_records
+
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (28, 28)).save(tmp_path / name)
+    reply = "<think>x</think><answer>Image 2 is better</answer>"
+    user = "<image>\n<image>\nCompare. Caption: x"
+    rows = [
+        {
+            "conversations": [{"from": "human", "value": user}, {"from": "gpt", "value": reply}],
+            "images": ["a.png", "b.png"],
+            "verdict": "Image 1 is better",
+        },
+        {
+            "id": "n",
+            "task": "image_generation",
+            "prompt": "x",
+            "images": ["a.png", "b.png"],
+            "verdict": "Image 1 is better",
+            "reply": reply,
+        },
+        {
+            "conversations": [{"from": "human", "value": user}, {"from": "gpt", "value": reply}],
+            "images": ["a.png", "b.png"],
+            "solution": "Image 2 is better",
+        },
+    ]
+    path = tmp_path / "sft.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = list(read_records(str(path)))
+    assert [type(r).__name__ for r in got] == ["RecordError", "RecordError", "PreferenceRecord"]
+    assert "sft.jsonl:1: verdict 'Image 1 is better' disagrees" in str(got[0])
+    assert "sft.jsonl:2: the reply's <answer> 'Image 2 is better' disagrees" in str(got[1])
+
+
+def test_eval_judges_the_valid_items_and_reports_the_invalid(demo_workdir, tmp_path, capsys):
+    demo = demo_workdir / "runs" / "demo"
+    heldout = demo / "data" / "heldout.jsonl"
+    rows = [json.loads(line) for line in heldout.read_text().splitlines()][:3]
+    image_row = next(r for r in rows if r.get("images"))
+    rows.append(dict(image_row, images=["gone.png"] * len(image_row["images"])))
+    rows.append({"id": "x", "task": "image_generation"})
+    items = demo / "data" / "mixed_heldout.jsonl"
+    items.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "eval"
+    command = ["eval", "configs/demo.yaml", "--model", str(demo / "hf"), f"data.heldout={items}"]
+    command += [f"output_dir={out}", *DEMO_SMALL, "eval.max_items=null", "eval.swap=false"]
+    with working_directory(demo_workdir):
+        assert cli_main(command) == 1
+    err = capsys.readouterr().err
+    assert "mixed_heldout.jsonl:4: " in err and "mixed_heldout.jsonl:5: " in err
+    summary = json.loads((out / "eval" / "eval.json").read_text())
+    assert summary["invalid"] == 2 and summary["items"] == 3
+    lines = [json.loads(x) for x in (out / "eval" / "judgements.jsonl").read_text().splitlines()]
+    errors = [row for row in lines if "error" in row]
+    assert [e["line"].rsplit(":", 1)[1] for e in errors] == ["4", "5"]
+    assert "not found" in errors[0]["error"]

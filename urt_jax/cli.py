@@ -130,19 +130,23 @@ def _model_dir(args: argparse.Namespace, cfg, command: str) -> str:
     return model_dir
 
 
-def _eval(args: argparse.Namespace) -> None:
+def _eval(args: argparse.Namespace) -> int:
     import os
 
     from urt_jax.evaluate import markdown_table
     from urt_jax.pipeline import evaluate_model
-    from urt_jax.run_inputs import heldout_records
+    from urt_jax.run_inputs import heldout_items
 
     cfg = _config(args)
     model_dir = _model_dir(args, cfg, "eval")
     out = os.path.join(cfg.output_dir, "eval")
-    summary = evaluate_model(cfg, model_dir, heldout_records(cfg), out)
+    records, invalid = heldout_items(cfg)
+    summary = evaluate_model(cfg, model_dir, records, out, invalid)
     print(markdown_table(summary), end="")
+    for error in invalid:
+        print(f"urt-jax: not judged: {error}", file=sys.stderr)
     print(f"judgements and report in {out}")
+    return 1 if invalid else 0
 
 
 def _sample(args: argparse.Namespace) -> None:

@@ -228,6 +228,8 @@ def markdown_table(summary: dict, title: str = "evaluation") -> str:
     rows.append(f"| items / judgements | {summary['items']} / {summary['judgements']} |")
     if summary.get("skipped"):
         rows.append(f"| items skipped: prompt over data.max_length | {summary['skipped']} |")
+    if summary.get("invalid"):
+        rows.append(f"| items not judged: invalid (judgements.jsonl) | {summary['invalid']} |")
     text = "\n".join(rows) + "\n"
     if summary.get("benchmarks"):
         text += "\nThe paper's columns (percent; as the release's scripts count):\n\n"

@@ -20,7 +20,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -206,10 +206,13 @@ def _first(records, limit: int | None) -> list:
     return [records[i] for i in range(n)]
 
 
-def evaluate_model(cfg: RunConfig, model_dir: str, records, out_dir: str) -> dict:
+def evaluate_model(
+    cfg: RunConfig, model_dir: str, records, out_dir: str, invalid: Sequence[str] = ()
+) -> dict:
     """Greedy judgements of the held-out records (both candidate orders, or as the release's
     scripts judge them: ``eval.protocol``); writes eval.json, eval.md and judgements.jsonl under
-    out_dir and returns the summary."""
+    out_dir and returns the summary. ``invalid``: the errors of items that could not be judged,
+    written to judgements.jsonl (``line``, ``error``) and counted in the summary."""
     from urt_jax.evaluate import EvalOptions, judge, summarize, write_report
 
     if cfg.eval.protocol == "release" and (cfg.data.min_pixels or cfg.data.max_pixels):
@@ -222,8 +225,10 @@ def evaluate_model(cfg: RunConfig, model_dir: str, records, out_dir: str) -> dic
     options = options_from(EvalOptions, cfg.eval, seed=cfg.seed)
     judgements = judge(model, builder.tokenizer, records, builder, options)
     summary = summarize(judgements, options.protocol)
+    summary["invalid"] = len(invalid)
+    errors = [dict(zip(("line", "error"), e.split(": ", 1), strict=False)) for e in invalid]
     if writes_here():
-        write_report(summary, judgements, out_dir)
+        write_report(summary, [*judgements, *errors], out_dir)
     wait_for_writer(f"eval {out_dir}")
     return summary
 

@@ -83,3 +83,15 @@ def train_records(cfg: RunConfig) -> Sequence[PreferenceRecord]:
 
 def heldout_records(cfg: RunConfig) -> Sequence[PreferenceRecord]:
     return open_source(cfg, *heldout_source(cfg))
+
+
+def heldout_items(cfg: RunConfig) -> tuple[Sequence[PreferenceRecord], list[str]]:
+    """The held-out records that can be judged, and an error (file, line, what is wrong) for
+    each that cannot: ``urt-jax eval`` judges the first and reports the second."""
+    spec, root = heldout_source(cfg)
+    if spec.startswith("tfds:"):  # validated when the dataset was written
+        return open_source(cfg, spec, root), []
+    from urt_jax.data.pipeline import read_checked
+
+    good, bad = read_checked(spec, root)
+    return good, [str(e) for e in bad]

@@ -30,22 +30,24 @@ class InvalidDataError(ValueError):
     pass
 
 
+def read_checked(path: str, data_root: str | None = None) -> tuple[list, list[RecordError]]:
+    """(valid records, errors) of a data file or dataset YAML: each error names its JSON file and
+    line; every media file of every record is opened first (``media.check_all_media``), so a
+    record whose media cannot be used is an error here, not when its batch arrives."""
+    items = list(read_records(path, data_root))
+    valid = [i for i, item in enumerate(items) if not isinstance(item, RecordError)]
+    for k, why in check_all_media([items[i] for i in valid]).items():
+        items[valid[k]] = RecordError(f"{items[valid[k]].source}: {why}")
+    bad = [item for item in items if isinstance(item, RecordError)]
+    return [item for item in items if not isinstance(item, RecordError)], bad
+
+
 def load_records(
     path: str, data_root: str | None = None, skip_invalid: bool = False, max_errors_shown: int = 5
 ) -> list[PreferenceRecord]:
-    """All valid records of a data file or dataset YAML (each error names its JSON file and
-    line), every media file of every record opened first (``media.check_all_media``). Bad
-    records stop the run unless ``skip_invalid``, which logs how many were dropped and the first
-    errors."""
-    good, bad = [], []
-    for item in read_records(path, data_root):
-        (bad if isinstance(item, RecordError) else good).append(item)
-    unusable = check_all_media(good)  # before any step: not when a batch arrives
-    if unusable:
-        bad += [RecordError(f"{good[i].source}: {why}") for i, why in unusable.items()]
-        good = [r for i, r in enumerate(good) if i not in unusable]
-    if not good and not bad:
-        raise InvalidDataError(f"{path}: no records (an empty data file)")
+    """All valid records of a data file or dataset YAML (``read_checked``). Bad records stop the
+    run unless ``skip_invalid``, which logs how many were dropped and the first errors."""
+    good, bad = read_checked(path, data_root)
     if bad:
         shown = "\n  ".join(str(e) for e in bad[:max_errors_shown])
         message = f"{path}: {len(bad)} invalid record(s) of {len(bad) + len(good)}:\n  {shown}"

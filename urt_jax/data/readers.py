@@ -282,6 +282,11 @@ def _sft_record(obj: dict, key: str, resolve: MediaResolver, where: str, rid: st
     has_tag = ANSWER_PATTERN.search(reply) is not None
     what = "the reply's <answer>" if has_tag else "the reply (it has no <answer>...</answer>)"
     verdict = _accepted(extract_answer(reply), what, where)
+    for field in ("verdict", "solution"):  # a label carried beside the dialogue must agree
+        if field in obj and obj[field] != verdict:
+            raise RecordError(
+                f"{where}: {field} {obj[field]!r} disagrees with the reply's verdict {verdict!r}"
+            )
     media = _media(obj, resolve, where)
     task, mode = task_from_verdict(verdict, any(m.kind == "video" for m in media))
     return PreferenceRecord(
