@@ -31,9 +31,15 @@ class RunConfigError(ValueError):
 
 @dataclasses.dataclass
 class ModelSection:
-    config: str | None = None  # a configs/model/*.yaml for a randomly initialised model
-    hf_dir: str | None = None  # or a Hugging Face Qwen2.5-VL directory to start from
-    dtype: str = "float32"  # float32 | bfloat16 | mixed_bfloat16
+    # a model config YAML (configs/model/*.yaml) for a randomly initialised model
+    config: str | None = None
+    # or a Hugging Face Qwen2.5-VL directory to start from (its weights, tokenizer, processor)
+    hf_dir: str | None = None
+    # parameters and compute: float32, bfloat16, or mixed_bfloat16 (fp32 master weights, bf16
+    # compute; the training default on accelerators)
+    dtype: str = "float32"
+    # activation rematerialisation of every decoder and vision block: none, full (recompute
+    # everything: least memory), dots or dots_all (keep matmul outputs)
     remat: str = "none"
     # the attention implementation: "auto" (the backend's), "cpu", "tpu" (Pallas splash
     # attention) or "gpu" (cuDNN flash attention); see urt_jax.model.attention
@@ -42,14 +48,13 @@ class ModelSection:
 
 @dataclasses.dataclass
 class SyntheticSection:
-    n_train: int = 256
-    n_heldout: int = 64
-    image_size: int = 56
-    num_frames: int = 4
-    pointwise_fraction: float = 0.0
-    trace: str = (
-        "full"  # teacher traces: "full" (every dimension, totals) or "brief" (see synthetic)
-    )
+    n_train: int = 256  # training items of the generated synthetic task
+    n_heldout: int = 64  # held-out items
+    image_size: int = 56  # side of the drawn images and video frames, pixels
+    num_frames: int = 4  # frames of a drawn video
+    pointwise_fraction: float = 0.0  # share of pointwise (scored) items; the rest are pairs
+    # teacher traces: "full" (every dimension, totals) or "brief" (see urt_jax.data.synthetic)
+    trace: str = "full"
 
 
 @dataclasses.dataclass
@@ -57,19 +62,22 @@ class DataSection:
     train: str = "synthetic"  # "synthetic", a JSONL/JSON file, a dataset YAML, tfds:NAME[/SPLIT]
     heldout: str | None = None  # same forms; with "synthetic", the generated held-out split
     data_root: str | None = None  # media paths are relative to it (default: the file's dir)
-    tfds_data_dir: str | None = None
+    tfds_data_dir: str | None = None  # where tfds: datasets live (default: TFDS's own)
+    # the prompt templates (YAML): the task instructions a record's fields are rendered into
     templates: str = "configs/templates/unifiedreward_think.yaml"
     # an HF tokenizer dir; default: the model's (model.hf_dir), else the shipped demo tokenizer
     tokenizer: str | None = None
-    max_length: int = 2048
+    max_length: int = 2048  # tokens of a training sample (prompt, media and reply); longer: error
     # image and video-frame pixel limits; default: the model's preprocessor_config.json (the
     # Hub's: 3136 and 12845056). The released Qwen-path training used max_pixels 147456 (384^2).
     min_pixels: int | None = None
-    max_pixels: int | None = None
-    max_frames: int = 8
+    max_pixels: int | None = None  # see min_pixels
+    max_frames: int = 8  # frames sampled evenly from a video
+    # chance that a pairwise training item is shown with its candidates swapped (verdict flipped)
     swap_probability: float = 0.0
-    skip_invalid: bool = False
-    batch_size: int = 4
+    skip_invalid: bool = False  # drop invalid records (bad fields or media), logged; else stop
+    batch_size: int = 4  # rows of a micro-batch, over all processes
+    # padded lengths of a batch (its longest row, rounded up): one compiled program each
     bucket_lengths: list[int] = dataclasses.field(
         default_factory=lambda: [256, 512, 1024, 2048, 4096, 8192]
     )
@@ -78,22 +86,22 @@ class DataSection:
 
 @dataclasses.dataclass
 class TrainSection:
-    max_steps: int = 100
-    learning_rate: float = 2.5e-6  # released SFT value
-    warmup_ratio: float = 0.03
+    max_steps: int = 100  # optimiser steps
+    learning_rate: float = 2.5e-6  # peak learning rate (the released SFT value)
+    warmup_ratio: float = 0.03  # share of max_steps of linear warm-up, then a cosine decay
     min_lr_ratio: float = 0.0  # cosine decays to learning_rate * min_lr_ratio
-    weight_decay: float = 0.0
-    adam_b1: float = 0.9
-    adam_b2: float = 0.999
-    adam_eps: float = 1e-8
-    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    adam_b1: float = 0.9  # AdamW's first-moment decay
+    adam_b2: float = 0.999  # AdamW's second-moment decay
+    adam_eps: float = 1e-8  # AdamW's epsilon
+    max_grad_norm: float = 1.0  # gradients clipped to this global norm
     grad_accum: int = 1  # micro-batches per optimiser step
     freeze_vision: bool = True  # vision tower and merger frozen, as released
     nonfinite: str = "skip"  # a NaN/Inf loss or gradient: "skip" the update or "stop"
-    log_every: int = 1
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 3
-    async_checkpoint: bool = True
+    log_every: int = 1  # steps between metrics lines (and at the last step)
+    checkpoint_every: int = 50  # steps between checkpoints (and at the last step)
+    keep_checkpoints: int = 3  # newest checkpoints kept
+    async_checkpoint: bool = True  # save in the background while training goes on
     progress: bool = True  # a progress bar with ETA on a terminal
 
 
@@ -102,26 +110,26 @@ class EvalSection:
     # null: the release's length for each item's task (512 image generation, 1024 video
     # generation and understanding, 4096 image understanding)
     max_new_tokens: int | None = None
-    batch_size: int = 8
+    batch_size: int = 8  # prompts judged at once
     # "both_orders": every pairwise item judged in both candidate orders, the verdict read from
     # <answer>; "release": imported benchmark items scored as the release's scripts score them
     protocol: str = "both_orders"
     swap: bool = True  # both_orders: judge pairwise items in both candidate orders
     order_seed: int = 0  # release: the seed of the order draws (0: the release's VL-RewardBench)
-    mode: str = "cot"  # "cot" | "direct"
+    mode: str = "cot"  # "cot" (think, then answer) | "direct" (answer only)
     max_items: int | None = None  # evaluate at most this many held-out items
 
 
 @dataclasses.dataclass
 class RejectionSection:
-    samples_per_prompt: int = 4  # not published by the original: a setting
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 0.95
-    batch_size: int = 4
-    grpo_prompts: str = "any_wrong"  # "any_wrong" | "all_wrong"
-    require_format: bool = True
-    max_prompts: int | None = None
+    samples_per_prompt: int = 4  # K samples of each training prompt (not published: a setting)
+    max_new_tokens: int = 256  # tokens of a sample
+    temperature: float = 1.0  # sampling temperature (0: greedy)
+    top_p: float = 0.95  # nucleus sampling mass
+    batch_size: int = 4  # prompts sampled at once
+    grpo_prompts: str = "any_wrong"  # which prompts go to GRPO: "any_wrong" | "all_wrong"
+    require_format: bool = True  # a correct sample must also be well formed to be kept
+    max_prompts: int | None = None  # sample at most this many training prompts
     sft_max_steps: int | None = None  # steps of the second SFT (rs_sft); default train.max_steps
     # peak learning rate of the second SFT; default train.learning_rate. It starts from a trained
     # model on a few hundred of its own samples, where the cold start's rate overfits them.
@@ -135,33 +143,34 @@ class GRPOSection:
 
     data: str | None = None  # GRPO prompts (any data format); default: rejection sampling's
     max_steps: int = 100  # generation batches
-    prompts_per_step: int = 8
-    num_generations: int = 8  # G
+    prompts_per_step: int = 8  # prompts of a generation batch
+    num_generations: int = 8  # G: completions sampled per prompt
     num_iterations: int = 1  # policy updates per generation batch (mu)
     # rows of one forward/backward pass of the update (gradients summed over the generation
     # batch's micro-batches, then one optimiser step); null: the whole generation batch at once
     micro_batch_rows: int | None = None
-    max_new_tokens: int = 2048
-    temperature: float = 1.0
-    top_p: float = 0.95
-    learning_rate: float = 1e-6
-    warmup_ratio: float = 0.0
-    beta: float = 0.04
-    clip_eps_low: float = 0.2
-    clip_eps_high: float = 0.2
+    max_new_tokens: int = 2048  # tokens of a completion
+    temperature: float = 1.0  # sampling temperature
+    top_p: float = 0.95  # nucleus sampling mass
+    learning_rate: float = 1e-6  # peak learning rate
+    warmup_ratio: float = 0.0  # share of the updates of linear warm-up
+    beta: float = 0.04  # weight of the KL penalty to the reference model (0: no reference)
+    clip_eps_low: float = 0.2  # the ratio's lower clip: 1 - clip_eps_low
+    clip_eps_high: float = 0.2  # the ratio's upper clip: 1 + clip_eps_high
     kl_estimator: str = "k3"  # k1 | k2 | k3
-    kl_clamp: float = 10.0
+    kl_clamp: float = 10.0  # the log-ratio of the KL estimate clamped to +-kl_clamp
     aggregation: str = "seq_mean_token_mean"  # | token_mean | seq_mean_token_sum[_norm]
-    advantage_std: str = "sample"  # sample | population
-    advantage_eps: float = 1e-4
-    advantage_scale: str = "group"  # group | batch | none
+    advantage_std: str = "sample"  # group std of the advantages: sample (ddof 1) | population
+    advantage_eps: float = 1e-4  # added to the std before dividing
+    advantage_scale: str = "group"  # divide by the group's std, the batch's, or none
+    # reward functions (urt_jax.rewards registry names, or {name: weight} mappings)
     rewards: list[Any] = dataclasses.field(default_factory=lambda: ["format", "accuracy"])
 
 
 @dataclasses.dataclass
 class RunConfig:
-    output_dir: str = "runs/demo"
-    seed: int = 0
+    output_dir: str = "runs/demo"  # where a run writes everything (stages in subdirectories)
+    seed: int = 0  # model init, data order, sampling
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
     data: DataSection = dataclasses.field(default_factory=DataSection)
     train: TrainSection = dataclasses.field(default_factory=TrainSection)
@@ -169,6 +178,7 @@ class RunConfig:
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)
     rejection: RejectionSection = dataclasses.field(default_factory=RejectionSection)
     grpo: GRPOSection = dataclasses.field(default_factory=GRPOSection)
+    # what `urt-jax run` does, in order (urt_jax.pipeline.STAGES)
     stages: list[str] = dataclasses.field(
         default_factory=lambda: ["init", "data", "forward", "export"]
     )

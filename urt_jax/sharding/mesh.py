@@ -17,13 +17,13 @@ BATCH_AXES = ("data", "fsdp")  # the batch is split over both: FSDP is data para
 
 @dataclasses.dataclass
 class MeshConfig:
-    data: int = -1  # -1: all devices the other axes leave
-    fsdp: int = 1
-    tensor: int = 1
+    data: int = -1  # data-parallel ways; -1: all devices the other axes leave
+    fsdp: int = 1  # ways parameters, gradients and optimiser state are split (and the batch)
+    tensor: int = 1  # ways the heads and the MLP's hidden units are split
     distributed: bool = False  # call jax.distributed.initialize() before anything else
     coordinator_address: str | None = None  # for CPU/GPU clusters without auto-detection
-    num_processes: int | None = None
-    process_id: int | None = None
+    num_processes: int | None = None  # with coordinator_address: how many processes
+    process_id: int | None = None  # with coordinator_address: this process's index
 
 
 def initialize_distributed(cfg: MeshConfig) -> None:
