@@ -75,8 +75,9 @@ def collate(
         parts = [e[key] for e in examples if key in e]
         return np.concatenate(parts) if parts else None
 
-    pv, ig = cat("pixel_values"), cat("image_grid_thw")
-    pvv, vg, spg = cat("pixel_values_videos"), cat("video_grid_thw"), cat("second_per_grid_ts")
+    image_pixels, image_grids = cat("pixel_values"), cat("image_grid_thw")
+    video_pixels, video_grids = cat("pixel_values_videos"), cat("video_grid_thw")
+    seconds_per_grid = cat("second_per_grid_ts")
     minimum = {
         "patches": buckets.min_patches,
         "windows": buckets.min_windows,
@@ -87,11 +88,11 @@ def collate(
         config,
         ids,
         mask,
-        pv,
-        ig,
-        pvv,
-        vg,
-        spg,
+        image_pixels,
+        image_grids,
+        video_pixels,
+        video_grids,
+        seconds_per_grid,
         round_up=lambda kind, n: pow2_at_least(n, minimum[kind]),
     )
     return Batch(
@@ -159,17 +160,17 @@ def pad_batch(batch: Batch, sizes: np.ndarray, config: Qwen25VLConfig, pad_id: i
         v = config.vision
         w_len = v.window_merged**2 * v.merge_unit
         if x.pixel_values is None:
-            pv = np.zeros((b, 0, v.patch_dim), np.float32)
+            pixels = np.zeros((b, 0, v.patch_dim), np.float32)
             rot = np.zeros((b, 0, 2), np.int32)
             win = np.zeros((b, 0, w_len), np.int32)
             frm = np.zeros((b, 0, 1), np.int32)
             n0 = 0
         else:
-            pv, rot, n0 = x.pixel_values, x.rot_pos, x.pixel_values.shape[1]
+            pixels, rot, n0 = x.pixel_values, x.rot_pos, x.pixel_values.shape[1]
             # the padding sentinel is "one past the last patch": move it to the new end
             win = np.where(x.window_index >= n0, n, x.window_index)
             frm = np.where(x.frame_index >= n0, n, x.frame_index)
-        inputs.pixel_values = grow(pv, (b, n, v.patch_dim), 0)
+        inputs.pixel_values = grow(pixels, (b, n, v.patch_dim), 0)
         inputs.rot_pos = grow(rot, (b, n, 2), 0)
         inputs.window_index = grow(win.astype(np.int32), (b, sw, w_len), n)
         inputs.frame_index = grow(frm.astype(np.int32), (b, sf, lf), n)

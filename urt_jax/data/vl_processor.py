@@ -347,10 +347,10 @@ class Processor:
                     items.append({"type": "image"})
                 elif kind == "video" or (kind is None and "video" in item):
                     frames, fps = self._video(item)
-                    pixels, grid, spg = process_video(frames, fps, self.pixels)
+                    pixels, grid, seconds_per_grid = process_video(frames, fps, self.pixels)
                     videos.append(pixels)
                     vgrids.append(grid)
-                    spgs.append(spg)
+                    spgs.append(seconds_per_grid)
                     items.append({"type": "video"})
                 elif kind == "text" or "text" in item:
                     items.append({"type": "text", "text": item["text"]})

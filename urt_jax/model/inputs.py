@@ -228,38 +228,40 @@ def prepare_inputs(
         raise InputError(
             f"input_ids must be in [0, {vocab}), found values in [{ids.min()}, {ids.max()}]"
         )
-    pv = _as_np(pixel_values, "pixel_values", None, np.float32)
-    ig = _as_np(image_grid_thw, "image_grid_thw", None, np.int64)
-    pvv = _as_np(pixel_values_videos, "pixel_values_videos", None, np.float32)
-    vg = _as_np(video_grid_thw, "video_grid_thw", None, np.int64)
-    spg = _as_np(second_per_grid_ts, "second_per_grid_ts", None, np.float32)
+    image_pixels = _as_np(pixel_values, "pixel_values", None, np.float32)
+    image_grids = _as_np(image_grid_thw, "image_grid_thw", None, np.int64)
+    video_pixels = _as_np(pixel_values_videos, "pixel_values_videos", None, np.float32)
+    video_grids = _as_np(video_grid_thw, "video_grid_thw", None, np.int64)
+    seconds_per_grid = _as_np(second_per_grid_ts, "second_per_grid_ts", None, np.float32)
     real = mask.astype(bool)
     masked_ids = np.where(real, ids, -1)
     _check_modality(
         config,
         masked_ids,
-        pv,
-        ig,
+        image_pixels,
+        image_grids,
         config.image_token_id,
         ("pixel_values", "image_grid_thw", "image"),
     )
     _check_modality(
         config,
         masked_ids,
-        pvv,
-        vg,
+        video_pixels,
+        video_grids,
         config.video_token_id,
         ("pixel_values_videos", "video_grid_thw", "video"),
     )
-    if spg is not None:
-        spg = spg.reshape(-1)
-        if vg is None or spg.shape[0] != vg.shape[0]:
+    if seconds_per_grid is not None:
+        seconds_per_grid = seconds_per_grid.reshape(-1)
+        if video_grids is None or seconds_per_grid.shape[0] != video_grids.shape[0]:
             raise InputError(
-                f"second_per_grid_ts has {spg.shape[0]} entries but there are "
-                f"{0 if vg is None else vg.shape[0]} videos"
+                f"second_per_grid_ts has {seconds_per_grid.shape[0]} entries but there are "
+                f"{0 if video_grids is None else video_grids.shape[0]} videos"
             )
     try:
-        positions, deltas = get_rope_index(ids, config, mask, ig, vg, spg)
+        positions, deltas = get_rope_index(
+            ids, config, mask, image_grids, video_grids, seconds_per_grid
+        )
     except ValueError as e:
         raise InputError(str(e)) from None
 
@@ -272,10 +274,16 @@ def prepare_inputs(
         positions.astype(np.int32),
         token_index.astype(np.int32),
     )
-    if ig is None and vg is None:
+    if image_grids is None and video_grids is None:
         return inputs, deltas
 
-    rows = _row_media(ids, real, config, {IMAGE: ig, VIDEO: vg}, {IMAGE: pv, VIDEO: pvv})
+    rows = _row_media(
+        ids,
+        real,
+        config,
+        {IMAGE: image_grids, VIDEO: video_grids},
+        {IMAGE: image_pixels, VIDEO: video_pixels},
+    )
     v = config.vision
     need = {"patches": 0, "windows": 0, "frames": 0, "frame_len": 1}
     for media in rows:

@@ -84,7 +84,9 @@ def get_rope_index(
         VIDEO: iter(np.asarray(video_grid_thw).tolist() if video_grid_thw is not None else []),
     }
     # float32 like the torch tensors transformers multiplies, then truncated to int.
-    spg = iter(np.asarray(second_per_grid_ts, np.float32) if second_per_grid_ts is not None else [])
+    seconds_per_grid = iter(
+        np.asarray(second_per_grid_ts, np.float32) if second_per_grid_ts is not None else []
+    )
     positions = np.zeros((3, b, t_len), np.int64)
     deltas = np.zeros((b,), np.int64)
     for row in range(b):
@@ -100,7 +102,9 @@ def get_rope_index(
             gt, gh, gw = next(grids[kind])
             hh, ww = gh // merge, gw // merge
             interval = (
-                np.float32(1.0) if kind == IMAGE else np.float32(tps) * np.float32(next(spg, 1.0))
+                np.float32(1.0)
+                if kind == IMAGE
+                else np.float32(tps) * np.float32(next(seconds_per_grid, 1.0))
             )
             tpos = (np.arange(gt, dtype=np.float32) * interval).astype(np.int64)
             tt, yy, xx = np.meshgrid(tpos, np.arange(hh), np.arange(ww), indexing="ij")
