@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -41,8 +40,6 @@ from urt_jax.data.processor import (
     sample_frame_indices,
 )
 from urt_jax.data.records import Media
-
-log = logging.getLogger(__name__)
 
 IMAGE_PAD, VIDEO_PAD, VISION_START, IM_END = (
     "<|image_pad|>",

@@ -72,10 +72,6 @@ class Attention(nnx.Module):
         o = shared_prompt_attention(q, cache, prompt_mask, new_valid, d**-0.5)
         return self.o_proj(o.reshape(r, 1, self.num_heads * d))
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, valid: jax.Array) -> jax.Array:
-        q, k, v = self.project_qkv(x, cos, sin)
-        return self.attend(q, k, v, valid)
-
 
 class KVCache(NamedTuple):
     """One decoder layer's keys and values for sampling G completions of each of B prompts: the
@@ -84,12 +80,10 @@ class KVCache(NamedTuple):
     (rows prompt-major: row i*G + j is sample j of prompt i).
 
     Shared, the prompt's part is neither stored nor read G times: a decode step streams the
-    whole cache, and the prompt is most of it in GRPO (long multimodal prompts, G = 8); on the
-    benchmark shape (a 128-token prompt, G = 8, 128 new tokens) the attention of a decode step
-    took 2.3 ms with the prompt repeated per row and takes 1.2 ms shared. Keys [D, S] and values
-    [S, D] are the layouts whose matmuls ran fastest on XLA:CPU there (the other way round, 1.7x
-    slower; as [S, KV, D], as the projections give them, the whole cache was transposed at
-    every decoded token).
+    whole cache, and the prompt is most of it in GRPO (long multimodal prompts, G = 8). Keys
+    [D, S] and values [S, D] are laid out for the decode step's matmuls (as [S, KV, D], as the
+    projections give them, the whole cache would be transposed at every decoded token). In the
+    sampler every array has a leading layer axis (one stacked cache, ``TextModel.prefill``).
     """
 
     prompt_k: jax.Array

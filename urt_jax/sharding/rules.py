@@ -7,13 +7,10 @@ whose size the mesh axes do not divide is replicated instead (e.g. 2 kv heads on
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-log = logging.getLogger(__name__)
 
 MeshAxes = str | tuple[str, ...] | None
 
