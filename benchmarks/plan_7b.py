@@ -63,10 +63,10 @@ from urt_jax.generate.sampler import lower_sample  # noqa: E402
 from urt_jax.model.config import Qwen25VLConfig  # noqa: E402
 from urt_jax.sharding.init import abstract_model  # noqa: E402
 from urt_jax.sharding.mesh import MeshConfig, batch_ways, make_mesh  # noqa: E402
-from urt_jax.sharding.mesh import replicated as replicated_sharding  # noqa: E402
+from urt_jax.train.core import trainable_filter  # noqa: E402
 from urt_jax.train.grpo import GRPOTrainer  # noqa: E402
 from urt_jax.train.optim import init_train_state, make_optimizer  # noqa: E402
-from urt_jax.train.sft import SFTTrainer, shard_batch, trainable_filter  # noqa: E402
+from urt_jax.train.sft import SFTTrainer, shard_batch  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 1024**3
@@ -98,16 +98,6 @@ def analyse(lowered) -> dict:
     }
 
 
-def abstract_gradients(params, mesh):
-    """(fp32 gradients sharded like ``params``, a replicated fp32 scalar) as ShapeDtypeStructs:
-    the pieces of a gradient accumulator and of ``apply``'s arguments."""
-    scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated_sharding(mesh))
-    grads = jax.tree.map(
-        lambda p: jax.ShapeDtypeStruct(p.shape, jnp.float32, sharding=p.sharding), params
-    )
-    return grads, scalar
-
-
 def planned_model(config, run, mesh, unroll: int | None):
     """The abstract model, its decoder layers scanned ``unroll`` at a time (None: as it runs)."""
     model = abstract_model(config, mesh, run.model.dtype, run.model.remat, kernels="tpu")
@@ -121,15 +111,14 @@ def compile_sft(config, run, mesh, cases, unroll: int | None = None) -> dict:
     model = planned_model(config, run, mesh, unroll)
     trainer = SFTTrainer(model, mesh, run.train, run.train.max_steps, run.seed)
     params, frozen = trainer.state["params"], trainer.frozen
-    grads, scalar = abstract_gradients(params, mesh)
-    out = {"apply": analyse(trainer._apply.lower(trainer.state, grads, scalar, scalar))}
+    acc = trainer.abstract_accumulator()
+    out = {"apply": analyse(trainer._apply.lower(trainer.state, *acc))}
     for name, (rows, length) in cases.items():
         placed = shard_batch(mesh, sft_batch(config, rows, length, run.data))
         batch = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), placed
         )
         del placed
-        acc = (grads, scalar, scalar)
         out[name] = analyse(trainer._accumulate.lower(acc, params, frozen, *batch))
         out[name]["input_bytes"] = nbytes(batch)
     return out
@@ -173,12 +162,11 @@ def compile_grpo(config, run, mesh, unroll: int | None = None, sampling: bool = 
             trainer._update.lower(trainer.state, frozen, micro, None, ref, prompt_length=p)
         )
     else:
-        grads, scalar = abstract_gradients(params, mesh)
-        acc = (grads, scalar)
+        acc = trainer.abstract_accumulator()
         out["update"] = analyse(
             trainer._accumulate.lower(acc, params, frozen, micro, None, ref, prompt_length=p)
         )
-        out["apply"] = analyse(trainer._apply.lower(trainer.state, grads, scalar))
+        out["apply"] = analyse(trainer._apply.lower(trainer.state, *acc))
     return {
         **out,
         # every micro-batch of the generation batch is placed on the mesh before the update,

@@ -22,9 +22,10 @@ from urt_jax.model.kernels import CPU_WORKAROUND
 from urt_jax.sharding.init import abstract_model, init_model
 from urt_jax.sharding.mesh import MeshConfig, make_mesh
 from urt_jax.sharding.rules import logical_to_spec
+from urt_jax.train.core import NonFiniteLossError
 from urt_jax.train.loss import target_nll
 from urt_jax.train.optim import decay_mask
-from urt_jax.train.sft import NonFiniteLossError, SFTTrainer, shard_batch
+from urt_jax.train.sft import SFTTrainer, shard_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = TrainSection(

@@ -22,7 +22,7 @@ from urt_jax.model.layers import DTYPE_NAMES
 from urt_jax.model.remat import REMAT_POLICIES
 from urt_jax.resources import resolve_input
 from urt_jax.sharding.mesh import MeshConfig
-from urt_jax.train.grpo_loss import AGGREGATIONS, KL_ESTIMATORS
+from urt_jax.train.grpo_loss import AGGREGATIONS, KL_ESTIMATORS, GRPOLossConfig
 
 
 class RunConfigError(ValueError):
@@ -137,9 +137,11 @@ class RejectionSection:
 
 
 @dataclasses.dataclass
-class GRPOSection:
-    """GRPO on the prompts rejection sampling answered wrongly; released values as defaults.
-    Optimiser settings other than the learning rate, warm-up and step count come from ``train``."""
+class GRPOSection(GRPOLossConfig):
+    """GRPO on the prompts rejection sampling answered wrongly; released values as defaults. The
+    objective's settings are ``GRPOLossConfig``'s (beta, clipping, KL estimator, aggregation,
+    advantages); optimiser settings other than the learning rate, warm-up and step count come
+    from ``train``."""
 
     data: str | None = None  # GRPO prompts (any data format); default: rejection sampling's
     max_steps: int = 100  # generation batches
@@ -154,15 +156,6 @@ class GRPOSection:
     top_p: float = 0.95  # nucleus sampling mass
     learning_rate: float = 1e-6  # peak learning rate
     warmup_ratio: float = 0.0  # share of the updates of linear warm-up
-    beta: float = 0.04  # weight of the KL penalty to the reference model (0: no reference)
-    clip_eps_low: float = 0.2  # the ratio's lower clip: 1 - clip_eps_low
-    clip_eps_high: float = 0.2  # the ratio's upper clip: 1 + clip_eps_high
-    kl_estimator: str = "k3"  # k1 | k2 | k3
-    kl_clamp: float = 10.0  # the log-ratio of the KL estimate clamped to +-kl_clamp
-    aggregation: str = "seq_mean_token_mean"  # | token_mean | seq_mean_token_sum[_norm]
-    advantage_std: str = "sample"  # group std of the advantages: sample (ddof 1) | population
-    advantage_eps: float = 1e-4  # added to the std before dividing
-    advantage_scale: str = "group"  # divide by the group's std, the batch's, or none
     # reward functions (urt_jax.rewards registry names, or {name: weight} mappings)
     rewards: list[Any] = dataclasses.field(default_factory=lambda: ["format", "accuracy"])
 

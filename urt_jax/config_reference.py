@@ -36,9 +36,18 @@ NOT_RELEASED = ("output_dir", "model.", "data.train", "data.heldout", "data.data
 
 def field_comments(cls: type) -> dict[str, str]:
     """{field name: its comment}: the comment on the field's line, else the comment lines just
-    above it (joined); a dataclass's docstring is not a field's."""
+    above it (joined), from the class or the dataclass it extends; a docstring is not a
+    field's."""
+    comments: dict[str, str] = {}
+    for base in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(base) and base is not object:
+            comments.update(_own_field_comments(base))
+    return comments
+
+
+def _own_field_comments(cls: type) -> dict[str, str]:
     source = textwrap.dedent(inspect.getsource(cls))
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = set(cls.__annotations__)
     above: list[str] = []
     comments: dict[str, str] = {}
     current: str | None = None

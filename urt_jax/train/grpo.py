@@ -6,9 +6,9 @@ are left-padded to the sampler's bucket P, so every completion starts at column 
 teacher-forced sequence [prompt | completion] and the completion log-probs are one slice.
 Each piece is one jitted function on the mesh, with the batch split over data x fsdp:
 ``completion_logprobs`` (used for the frozen reference and, with several updates per batch, for
-the policy that sampled) and the update (loss, gradients, AdamW, skipped when non-finite). With
-``grpo.micro_batch_rows`` the update runs over micro-batches of the generation batch
-(``accumulate`` per micro-batch, then ``apply``), and the log-probs per micro-batch too; the loss
+the policy that sampled) and the update, ``core.StepCore``'s step under ``grpo_loss`` (loss,
+gradients, AdamW, skipped when non-finite). With ``grpo.micro_batch_rows`` the update runs over
+micro-batches of the generation batch, and the log-probs per micro-batch too; the loss
 is a weighted sum of per-token terms with weights from the whole batch (``token_weights``), so
 the update is the same however the rows are split.
 The reference is a copy of the starting trainable parameters made on the device, sharing the
@@ -24,10 +24,9 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax.sharding import Mesh
 
-from urt_jax.config import GRPOSection, TrainSection, options_from
+from urt_jax.config import GRPOSection, TrainSection
 from urt_jax.data.batching import pow2_at_least
 from urt_jax.data.records import PreferenceRecord
 from urt_jax.data.vl_processor import VISION_KEYS, pad_rows
@@ -41,9 +40,8 @@ from urt_jax.model.inputs import ModelInputs, prepare_inputs, select_rows, share
 from urt_jax.model.qwen2_5_vl import Qwen25VL
 from urt_jax.rewards import RewardSpec, compute_rewards, parse_reward_specs
 from urt_jax.sharding.mesh import activation_mesh, batch_ways, put_whole
-from urt_jax.sharding.mesh import replicated as replicated_sharding
+from urt_jax.train.core import StepCore
 from urt_jax.train.grpo_loss import (
-    GRPOLossConfig,
     check_loss_config,
     group_advantages,
     grpo_loss,
@@ -51,15 +49,7 @@ from urt_jax.train.grpo_loss import (
     token_weights,
 )
 from urt_jax.train.loss import target_log_probs
-from urt_jax.train.optim import (
-    apply_if_finite,
-    init_train_state,
-    is_abstract,
-    learning_rate_schedule,
-    make_optimizer,
-    zero_accumulator,
-)
-from urt_jax.train.sft import handle_nonfinite, trainable_filter
+from urt_jax.train.optim import is_abstract
 
 
 def optimizer_settings(train: TrainSection, g: GRPOSection) -> TrainSection:
@@ -113,13 +103,15 @@ def rollout(
     to_example,
     g: GRPOSection,
     rewards: Sequence[RewardSpec],
-    loss_cfg: GRPOLossConfig,
     seed: int,
+    eos_token_ids: Sequence[int] | None = None,
 ) -> Rollouts:
-    """G completions per prompt from the current policy, their rewards and group advantages."""
+    """G completions per prompt from the current policy, their rewards and group advantages.
+    ``eos_token_ids``: where completions stop; None: the end of the turn (``end_of_turn_ids``),
+    empty: never (every completion is ``max_new_tokens`` long)."""
     t0 = time.perf_counter()
     pad = tokenizer.pad_token_id or 0
-    eos = end_of_turn_ids(tokenizer, to_example)
+    eos = end_of_turn_ids(tokenizer, to_example) if eos_token_ids is None else list(eos_token_ids)
     examples = prompt_examples(records, to_example)
     batch = pad_rows(examples, pad)
     out = sample(
@@ -141,9 +133,9 @@ def rollout(
         group_advantages(
             jnp.asarray(total),
             g.num_generations,
-            loss_cfg.advantage_std,
-            loss_cfg.advantage_eps,
-            loss_cfg.advantage_scale,
+            g.advantage_std,
+            g.advantage_eps,
+            g.advantage_scale,
         )
     )
     n = out.tokens.shape[1]
@@ -195,7 +187,14 @@ class MicroBatch:
 
 
 # ----------------------------------------------------------------------------- trainer
-class GRPOTrainer:
+SUM_NAMES = ("kl_sum", "clipped_tokens", "ratio_sum", "tokens")  # grpo_loss's token sums
+
+
+class GRPOTrainer(StepCore):
+    """The GRPO update on ``core.StepCore``'s step under ``grpo_loss`` (no normaliser: the
+    per-token weights of ``token_weights`` make each micro-batch's loss its share of the
+    batch's), the reference copy of the starting weights, and the completion log-probs."""
+
     def __init__(
         self,
         model: Qwen25VL,
@@ -204,111 +203,63 @@ class GRPOTrainer:
         g: GRPOSection,
         seed: int = 0,
     ):
-        self.mesh, self.g = mesh, g
-        self.train = optimizer_settings(train, g)
-        self.loss_cfg = options_from(GRPOLossConfig, g)
-        check_loss_config(self.loss_cfg)
+        self.g = g
+        check_loss_config(g)
         self.rewards = parse_reward_specs(g.rewards)
         self.config = model.config
-        self.graphdef, params, self.frozen = nnx.split(
-            model, trainable_filter(self.train.freeze_vision), ...
+        settings = optimizer_settings(train, g)
+        super().__init__(
+            model,
+            mesh,
+            settings,
+            settings.max_steps,
+            seed,
+            self._loss,
+            sum_names=SUM_NAMES,
+            static_argnames=("prompt_length",),
         )
-        self.tx = make_optimizer(self.train, self.train.max_steps)
-        self.schedule = learning_rate_schedule(self.train, self.train.max_steps)
-        self.state = init_train_state(params, self.tx, mesh, seed)
+        params = self.state["params"]
         # The reference: the starting weights, copied on the device with the same shardings
         # (an abstract model, compiled ahead of time, has nothing to copy).
         self.ref_params = (
             params if is_abstract(params) else jax.jit(lambda p: jax.tree.map(jnp.copy, p))(params)
         )
-        state_shardings = jax.tree.map(lambda x: x.sharding, self.state)
-        param_shardings = state_shardings["params"]
-        replicated = replicated_sharding(mesh)
         self._logprobs = jax.jit(self._logprobs_fn, static_argnames=("prompt_length",))
-        self._update = jax.jit(
-            self._update_fn,
-            donate_argnums=(0,),
-            static_argnames=("prompt_length",),
-            out_shardings=(state_shardings, replicated, replicated),
-        )
-        self._accumulate = jax.jit(
-            self._accumulate_fn,
-            donate_argnums=(0,),
-            static_argnames=("prompt_length",),
-            out_shardings=((param_shardings, replicated), replicated),
-        )
-        self._apply = jax.jit(
-            self._apply_fn,
-            donate_argnums=(0,),
-            in_shardings=(state_shardings, param_shardings, replicated),
-            out_shardings=(state_shardings, replicated),
-        )
-        self._zeros = None
+        self._update = self._single  # the whole generation batch in one program
 
-    # ------------------------------------------------------------------ jitted pieces
+    # ------------------------------------------------------------------ traced pieces
     def _logprobs_fn(self, params, frozen, inputs: ModelInputs, prompt_length: int):
-        model = nnx.merge(self.graphdef, params, frozen)
         with activation_mesh(self.mesh):
-            return completion_log_probs(model, inputs, prompt_length)
+            return completion_log_probs(self.model(params, frozen), inputs, prompt_length)
+
+    def _loss(self, model: Qwen25VL, micro: MicroBatch, old_logp, ref_logp, *, prompt_length):
+        """This micro-batch's share of the loss and the metrics' token sums; without old or
+        reference log-probs (one update per batch; beta 0) the policy's own, held."""
+        logp = completion_log_probs(model, micro.inputs, prompt_length)
+        held = jax.lax.stop_gradient(logp)
+        return grpo_loss(
+            logp,
+            held if old_logp is None else old_logp,
+            held if ref_logp is None else ref_logp,
+            micro.advantages,
+            micro.mask,
+            micro.weights,
+            self.g,
+        )
 
     def _grads(self, params, frozen, micro: MicroBatch, old_logp, ref_logp, prompt_length: int):
-        """This micro-batch's share of the loss, its gradients, and the metrics' token sums."""
-
-        def loss_fn(params):
-            logp = self._logprobs_fn(params, frozen, micro.inputs, prompt_length)
-            held = jax.lax.stop_gradient(logp)
-            return grpo_loss(
-                logp,
-                held if old_logp is None else old_logp,
-                held if ref_logp is None else ref_logp,
-                micro.advantages,
-                micro.mask,
-                micro.weights,
-                self.loss_cfg,
-            )
-
-        (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        """This micro-batch's share of the loss, the metrics' token sums, and the gradients."""
+        (loss, sums), grads = self.value_and_grad(
+            params, frozen, micro, old_logp, ref_logp, prompt_length=prompt_length
+        )
         return loss, sums, grads
 
-    def _update_fn(self, state, frozen, micro, old_logp, ref_logp, *, prompt_length: int):
-        """The whole generation batch in one pass: gradients and the update in one program."""
-        loss, sums, grads = self._grads(
-            state["params"], frozen, micro, old_logp, ref_logp, prompt_length
-        )
-        new_state, metrics = self._apply_fn(state, grads, loss)
-        return new_state, metrics, sums
-
-    def _accumulate_fn(self, acc, params, frozen, micro, old_logp, ref_logp, *, prompt_length):
-        grads_acc, loss_acc = acc
-        loss, sums, grads = self._grads(params, frozen, micro, old_logp, ref_logp, prompt_length)
-        return (jax.tree.map(jnp.add, grads_acc, grads), loss_acc + loss), sums
-
-    def _apply_fn(self, state, grads, loss):
-        new_state, grad_norm, finite = apply_if_finite(self.tx, state, grads, loss)
-        metrics = {
-            "loss": loss,
-            "grad_norm": grad_norm,
-            "finite": finite,
-            "learning_rate": self.schedule(state["step"]),
-        }
-        return new_state, metrics
-
     # ------------------------------------------------------------------ host side
-    def model(self) -> Qwen25VL:
-        return nnx.merge(self.graphdef, self.state["params"], self.frozen)
-
     def reference_model(self) -> Qwen25VL:
-        return nnx.merge(self.graphdef, self.ref_params, self.frozen)
-
-    def abstract_state(self):
-        return jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.state
-        )
+        return self.model(self.ref_params)
 
     def rollout(self, tokenizer, records, to_example, seed: int) -> Rollouts:
-        return rollout(
-            self.model(), tokenizer, records, to_example, self.g, self.rewards, self.loss_cfg, seed
-        )
+        return rollout(self.model(), tokenizer, records, to_example, self.g, self.rewards, seed)
 
     def micro_batches(self, r: Rollouts) -> list[MicroBatch]:
         """The generation batch's rows in micro-batches of ``grpo.micro_batch_rows`` (all rows
@@ -326,7 +277,7 @@ class GRPOTrainer:
                 f"grpo: micro-batches of {size} rows do not divide over data x fsdp = {ways} "
                 f"devices (set grpo.micro_batch_rows or prompts_per_step x num_generations)"
             )
-        weights = token_weights(r.completion_mask, self.loss_cfg.aggregation)
+        weights = token_weights(r.completion_mask, self.g.aggregation)
         advantages = r.advantages.astype(np.float32)
 
         def put(a: np.ndarray, axis: int = 0) -> jax.Array:
@@ -356,36 +307,15 @@ class GRPOTrainer:
             return [self._logprobs(params, self.frozen, m.inputs, prompt_length=p) for m in micro]
 
         none = [None] * len(micro)
-        ref = logprobs(self.ref_params) if self.loss_cfg.beta != 0.0 else none
+        ref = logprobs(self.ref_params) if self.g.beta != 0.0 else none
         # one update per batch: the policy that sampled is the current one
         old = logprobs(self.state["params"]) if self.g.num_iterations > 1 else none
         updates = []
         for _ in range(self.g.num_iterations):
-            if len(micro) == 1:
-                self.state, m, sums = self._update(
-                    self.state, self.frozen, micro[0], old[0], ref[0], prompt_length=p
-                )
-                sums = [sums]
-            else:
-                if self._zeros is None:
-                    self._zeros = zero_accumulator(self.state["params"], self.mesh, 1)
-                acc, sums = self._zeros(), []
-                for i, mb in enumerate(micro):
-                    acc, s = self._accumulate(
-                        acc, self.state["params"], self.frozen, mb, old[i], ref[i], prompt_length=p
-                    )
-                    sums.append(s)
-                self.state, m = self._apply(self.state, *acc)
-            m = {k: np.asarray(v) for k, v in m.items()}
-            total = {k: sum(np.asarray(s[k], np.float64) for s in sums) for k in sums[0]}
-            m.update(metric_means(total))
-            updates.append(m)
-            if not bool(m["finite"]):
-                handle_nonfinite(
-                    self.train,
-                    int(np.asarray(self.state["step"])),
-                    {"loss": float(m["loss"]), "grad_norm": float(m["grad_norm"])},
-                )
+            batches = [(m, old[i], ref[i]) for i, m in enumerate(micro)]
+            metrics = self.run(batches, prompt_length=p)
+            metrics.update(metric_means({k: metrics[k] for k in SUM_NAMES}))
+            updates.append(metrics)
         update_seconds = time.perf_counter() - t0
         return self._metrics(r, updates, update_seconds)
 

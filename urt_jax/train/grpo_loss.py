@@ -21,17 +21,19 @@ import jax.numpy as jnp
 import numpy as np
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class GRPOLossConfig:
-    beta: float = 0.04
-    clip_eps_low: float = 0.2
-    clip_eps_high: float = 0.2
-    kl_estimator: str = "k3"
-    kl_clamp: float = 10.0
-    aggregation: str = "seq_mean_token_mean"
-    advantage_std: str = "sample"  # "sample" (ddof 1) | "population" (ddof 0)
-    advantage_eps: float = 1e-4
-    advantage_scale: str = "group"  # "group" | "batch" | "none"
+    """The objective's settings; the run config's ``grpo`` section extends it."""
+
+    beta: float = 0.04  # weight of the KL penalty to the reference model (0: no reference)
+    clip_eps_low: float = 0.2  # the ratio's lower clip: 1 - clip_eps_low
+    clip_eps_high: float = 0.2  # the ratio's upper clip: 1 + clip_eps_high
+    kl_estimator: str = "k3"  # k1 | k2 | k3
+    kl_clamp: float = 10.0  # the log-ratio of the KL estimate clamped to +-kl_clamp
+    aggregation: str = "seq_mean_token_mean"  # | token_mean | seq_mean_token_sum[_norm]
+    advantage_std: str = "sample"  # group std of the advantages: sample (ddof 1) | population
+    advantage_eps: float = 1e-4  # added to the std before dividing
+    advantage_scale: str = "group"  # divide by the group's std, the batch's, or none
 
 
 # ---------------------------------------------------------------------------- advantages
@@ -135,13 +137,15 @@ def grpo_loss(
     advantages: jax.Array,
     mask: jax.Array,
     weights: jax.Array,
-    cfg: GRPOLossConfig = GRPOLossConfig(),
+    cfg: GRPOLossConfig | None = None,
 ) -> tuple[jax.Array, dict]:
     """Loss and token sums of the metrics, from per-token log-probs [R, N] of the policy (with
     gradients), of the policy that sampled (old) and of the reference model; advantages [R];
     the completion mask [R, N]; and ``token_weights`` of the whole generation batch's mask, or
     these rows of them (a micro-batch): the loss is then this micro-batch's share of the batch's.
-    ``metric_means`` turns the sums, added over micro-batches, into token means."""
+    ``metric_means`` turns the sums, added over micro-batches, into token means. ``cfg`` None:
+    the released settings (``GRPOLossConfig()``)."""
+    cfg = GRPOLossConfig() if cfg is None else cfg
     check_loss_config(cfg)
     mask = mask.astype(jnp.float32)
     adv = advantages[:, None]
