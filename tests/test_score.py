@@ -13,8 +13,8 @@ from urt_jax.data.records import RecordError
 from urt_jax.data.synthetic import SyntheticConfig, write_synthetic
 from urt_jax.model.config import Qwen25VLConfig
 from urt_jax.model.hf import save_pretrained
-from urt_jax.pipeline import generation_setup
 from urt_jax.resources import DEMO_TOKENIZER_DIR
+from urt_jax.run_inputs import generation_setup
 from urt_jax.score import read_items
 from urt_jax.sharding.init import init_model
 

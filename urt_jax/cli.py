@@ -133,8 +133,7 @@ def _model_dir(args: argparse.Namespace, cfg, command: str) -> str:
 def _eval(args: argparse.Namespace) -> int:
     import os
 
-    from urt_jax.evaluate import markdown_table
-    from urt_jax.pipeline import evaluate_model
+    from urt_jax.evaluate import evaluate_model, markdown_table
     from urt_jax.run_inputs import heldout_items
 
     cfg = _config(args)
@@ -153,8 +152,8 @@ def _sample(args: argparse.Namespace) -> None:
     import json
     import os
 
-    from urt_jax.pipeline import rejection_sample
     from urt_jax.run_inputs import train_data_root, train_records
+    from urt_jax.train.rejection import rejection_sample
 
     cfg = _config(args)
     model_dir = _model_dir(args, cfg, "sample")

@@ -256,3 +256,35 @@ def write_report(summary: dict, judgements: Sequence[dict], out_dir: str) -> Non
     write_jsonl(os.path.join(out_dir, "judgements.jsonl"), judgements)
     write_text(os.path.join(out_dir, "eval.md"), markdown_table(summary))
     write_text(os.path.join(out_dir, "eval.json"), json.dumps(summary, indent=2))
+
+
+def evaluate_model(
+    cfg, model_dir: str, records: Sequence, out_dir: str, invalid: Sequence[str] = ()
+) -> dict:
+    """Greedy judgements of the held-out records (both candidate orders, or as the release's
+    scripts judge them: ``eval.protocol``) by the model in ``model_dir``; writes eval.json,
+    eval.md and judgements.jsonl under out_dir and returns the summary. ``invalid``: the errors
+    of items that could not be judged, written to judgements.jsonl (``line``, ``error``) and
+    counted in the summary."""
+    from urt_jax.config import options_from
+    from urt_jax.run_inputs import first_records, generation_setup
+    from urt_jax.sharding.mesh import wait_for_writer, writes_here
+
+    if cfg.eval.protocol == "release" and (cfg.data.min_pixels or cfg.data.max_pixels):
+        print(
+            "[urt-jax] warning: eval.protocol=release with data.min_pixels/max_pixels set; the "
+            "release's scripts size images with the checkpoint's own limits (leave both null to "
+            "match)",
+            flush=True,
+        )
+    model, builder = generation_setup(cfg, model_dir)
+    records = first_records(records, cfg.eval.max_items)
+    options = options_from(EvalOptions, cfg.eval, seed=cfg.seed)
+    judgements = judge(model, builder.tokenizer, records, builder, options)
+    summary = summarize(judgements, options.protocol)
+    summary["invalid"] = len(invalid)
+    errors = [dict(zip(("line", "error"), e.split(": ", 1), strict=False)) for e in invalid]
+    if writes_here():
+        write_report(summary, [*judgements, *errors], out_dir)
+    wait_for_writer(f"eval {out_dir}")
+    return summary

@@ -20,7 +20,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,8 +28,9 @@ import numpy as np
 from flax import nnx
 
 from urt_jax.atomic import write_text
-from urt_jax.config import RunConfig, RunConfigError, options_from
+from urt_jax.config import RunConfig, RunConfigError
 from urt_jax.data.vl_processor import has_tokenizer
+from urt_jax.evaluate import evaluate_model
 from urt_jax.model.config import Qwen25VLConfig
 from urt_jax.model.hf import from_pretrained, save_pretrained
 from urt_jax.model.orbax_io import load_orbax, save_orbax
@@ -37,17 +38,13 @@ from urt_jax.model.qwen2_5_vl import Qwen25VL
 from urt_jax.plots import plot_run
 from urt_jax.run_inputs import (
     SYNTHETIC,
+    example_builder,
     heldout_records,
     train_data_root,
     train_records,
 )
 from urt_jax.run_settings import STAGE_KEYS, SettingsChanged, changes, describe, settings_of
-from urt_jax.sharding.mesh import (
-    initialize_distributed,
-    make_mesh,
-    wait_for_writer,
-    writes_here,
-)
+from urt_jax.train.rejection import rejection_sample
 
 
 def _log(msg: str) -> None:
@@ -82,17 +79,8 @@ def _stage_init(cfg: RunConfig, out: str, report: dict) -> None:
     _log(f"init: {n_params / 1e6:.2f}M parameters from {source} -> {dst}")
 
 
-def _builder(cfg: RunConfig, model_dir: str, include_reply: bool = True):
-    """The example builder of the model in ``model_dir`` (its tokenizer, chat template and pixel
-    settings, as the data section overrides them)."""
-    from urt_jax.data.examples import builder_from_config
-
-    config = Qwen25VLConfig.from_hf_file(model_dir)
-    return builder_from_config(cfg.data, config, cfg.seed, include_reply, model_dir=model_dir)
-
-
 def _stage_data(cfg: RunConfig, out: str, report: dict) -> None:
-    builder = _builder(cfg, os.path.join(out, "init_hf"))
+    builder = example_builder(cfg, os.path.join(out, "init_hf"))
     stats = {}
     for split, opener in (("train", train_records), ("heldout", heldout_records)):
         if split == "heldout" and cfg.data.heldout is None and cfg.data.train != SYNTHETIC:
@@ -121,7 +109,7 @@ def _first_batch(cfg: RunConfig, model_dir: str):
     from urt_jax.data.pipeline import PipelineOptions, make_dataset
 
     d = cfg.data
-    builder = _builder(cfg, model_dir)
+    builder = example_builder(cfg, model_dir)
     options = PipelineOptions(
         batch_size=d.batch_size,
         seed=cfg.seed,
@@ -183,84 +171,6 @@ def _sft_stage(cfg: RunConfig, out: str, report: dict, name: str, data: str, sta
 def _stage_sft(cfg: RunConfig, out: str, report: dict) -> None:
     """The cold start: SFT of the initial model on the training data (teacher CoT replies)."""
     _sft_stage(cfg, out, report, "sft", None, os.path.join(out, "init_hf"))
-
-
-def generation_setup(cfg: RunConfig, model_dir: str):
-    """(model, prompt-only example builder) for judging or sampling with the model in model_dir.
-
-    With ``mesh.distributed`` (a pod slice, every host running the same command) the model is
-    loaded onto the configured mesh, so the whole slice generates, prompts split over
-    data x fsdp when a chunk's rows divide over it; each host gets every completion back and
-    process 0 writes the outputs. Otherwise it runs on one device."""
-    mesh = None
-    if cfg.mesh.distributed:
-        initialize_distributed(cfg.mesh)
-        mesh = make_mesh(cfg.mesh)
-    model = from_pretrained(model_dir, dtype=cfg.model.dtype, mesh=mesh, kernels=cfg.model.kernels)
-    return model, _builder(cfg, model_dir, include_reply=False)
-
-
-def _first(records, limit: int | None) -> list:
-    """The first ``limit`` records (all of them when limit is None)."""
-    n = len(records) if limit is None else min(limit, len(records))
-    return [records[i] for i in range(n)]
-
-
-def evaluate_model(
-    cfg: RunConfig, model_dir: str, records, out_dir: str, invalid: Sequence[str] = ()
-) -> dict:
-    """Greedy judgements of the held-out records (both candidate orders, or as the release's
-    scripts judge them: ``eval.protocol``); writes eval.json, eval.md and judgements.jsonl under
-    out_dir and returns the summary. ``invalid``: the errors of items that could not be judged,
-    written to judgements.jsonl (``line``, ``error``) and counted in the summary."""
-    from urt_jax.evaluate import EvalOptions, judge, summarize, write_report
-
-    if cfg.eval.protocol == "release" and (cfg.data.min_pixels or cfg.data.max_pixels):
-        _log(
-            "warning: eval.protocol=release with data.min_pixels/max_pixels set; the release's "
-            "scripts size images with the checkpoint's own limits (leave both null to match)"
-        )
-    model, builder = generation_setup(cfg, model_dir)
-    records = _first(records, cfg.eval.max_items)
-    options = options_from(EvalOptions, cfg.eval, seed=cfg.seed)
-    judgements = judge(model, builder.tokenizer, records, builder, options)
-    summary = summarize(judgements, options.protocol)
-    summary["invalid"] = len(invalid)
-    errors = [dict(zip(("line", "error"), e.split(": ", 1), strict=False)) for e in invalid]
-    if writes_here():
-        write_report(summary, [*judgements, *errors], out_dir)
-    wait_for_writer(f"eval {out_dir}")
-    return summary
-
-
-def rejection_sample(cfg: RunConfig, model_dir: str, records, data_root: str, out_dir: str) -> dict:
-    """K samples per training prompt: correct ones -> {out_dir}/sft.jsonl, wrongly answered
-    prompts -> {out_dir}/grpo.jsonl (released formats), statistics -> {out_dir}/stats.json."""
-    from urt_jax.data.templates import Templates
-    from urt_jax.train.rejection import (
-        RejectionOptions,
-        generate_completions,
-        split_samples,
-        write_released_formats,
-    )
-
-    model, builder = generation_setup(cfg, model_dir)
-    records = _first(records, cfg.rejection.max_prompts)
-    options = options_from(RejectionOptions, cfg.rejection, seed=cfg.seed)
-    completions = generate_completions(model, builder.tokenizer, records, builder, options)
-    sft, grpo, stats = split_samples(records, completions, options)
-    if writes_here():
-        write_released_formats(
-            sft,
-            grpo,
-            Templates.load(cfg.data.templates),
-            data_root,
-            os.path.join(out_dir, "sft.jsonl"),
-            os.path.join(out_dir, "grpo.jsonl"),
-        )
-        write_text(os.path.join(out_dir, "stats.json"), json.dumps(stats, indent=2))
-    wait_for_writer(f"rejection sampling {out_dir}")
-    return stats
 
 
 def _stage_sample(cfg: RunConfig, out: str, report: dict) -> None:

@@ -1,5 +1,6 @@
-"""Where a run's data comes from: the configured files, or the synthetic task generated into
-{output_dir}/data the first time any command of the run needs it (``data.train: synthetic``)."""
+"""What a run reads: its data (the configured files, or the synthetic task generated into
+{output_dir}/data the first time any command of the run needs it, ``data.train: synthetic``),
+and a model with its example builder to generate with."""
 
 from __future__ import annotations
 
@@ -95,3 +96,37 @@ def heldout_items(cfg: RunConfig) -> tuple[Sequence[PreferenceRecord], list[str]
 
     good, bad = read_checked(spec, root)
     return good, [str(e) for e in bad]
+
+
+def first_records(records: Sequence, limit: int | None) -> list:
+    """The first ``limit`` records (all of them when limit is None)."""
+    n = len(records) if limit is None else min(limit, len(records))
+    return [records[i] for i in range(n)]
+
+
+def example_builder(cfg: RunConfig, model_dir: str, include_reply: bool = True):
+    """The example builder of the model in ``model_dir`` (its tokenizer, chat template and pixel
+    settings, as the data section overrides them)."""
+    from urt_jax.data.examples import builder_from_config
+    from urt_jax.model.config import Qwen25VLConfig
+
+    config = Qwen25VLConfig.from_hf_file(model_dir)
+    return builder_from_config(cfg.data, config, cfg.seed, include_reply, model_dir=model_dir)
+
+
+def generation_setup(cfg: RunConfig, model_dir: str):
+    """(model, prompt-only example builder) for judging or sampling with the model in model_dir.
+
+    With ``mesh.distributed`` (a pod slice, every host running the same command) the model is
+    loaded onto the configured mesh, so the whole slice generates, prompts split over
+    data x fsdp when a chunk's rows divide over it; each host gets every completion back and
+    process 0 writes the outputs. Otherwise it runs on one device."""
+    from urt_jax.model.hf import from_pretrained
+    from urt_jax.sharding.mesh import initialize_distributed, make_mesh
+
+    mesh = None
+    if cfg.mesh.distributed:
+        initialize_distributed(cfg.mesh)
+        mesh = make_mesh(cfg.mesh)
+    model = from_pretrained(model_dir, dtype=cfg.model.dtype, mesh=mesh, kernels=cfg.model.kernels)
+    return model, example_builder(cfg, model_dir, include_reply=False)

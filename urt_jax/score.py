@@ -35,7 +35,7 @@ def score_file(
 ) -> dict:
     """Writes one judgement per item of ``path`` to ``output`` (JSONL); returns a summary."""
     from urt_jax.evaluate import EvalOptions, judge
-    from urt_jax.pipeline import generation_setup
+    from urt_jax.run_inputs import generation_setup
 
     items = read_items(path, data_root)
     records = [r for r in items if not isinstance(r, RecordError)]

@@ -214,3 +214,35 @@ def write_released_formats(
         for path in (sft_path, grpo_path):
             yaml_path = os.path.splitext(path)[0] + ".yaml"
             write_dataset_yaml(yaml_path, os.path.abspath(path), root)
+
+
+def rejection_sample(cfg, model_dir: str, records, data_root: str, out_dir: str) -> dict:
+    """K samples per training prompt by the model in ``model_dir``: correct ones ->
+    {out_dir}/sft.jsonl, wrongly answered prompts -> {out_dir}/grpo.jsonl (released formats),
+    statistics -> {out_dir}/stats.json."""
+    import json
+    import os
+
+    from urt_jax.atomic import write_text
+    from urt_jax.config import options_from
+    from urt_jax.data.templates import Templates
+    from urt_jax.run_inputs import first_records, generation_setup
+    from urt_jax.sharding.mesh import wait_for_writer, writes_here
+
+    model, builder = generation_setup(cfg, model_dir)
+    records = first_records(records, cfg.rejection.max_prompts)
+    options = options_from(RejectionOptions, cfg.rejection, seed=cfg.seed)
+    completions = generate_completions(model, builder.tokenizer, records, builder, options)
+    sft, grpo, stats = split_samples(records, completions, options)
+    if writes_here():
+        write_released_formats(
+            sft,
+            grpo,
+            Templates.load(cfg.data.templates),
+            data_root,
+            os.path.join(out_dir, "sft.jsonl"),
+            os.path.join(out_dir, "grpo.jsonl"),
+        )
+        write_text(os.path.join(out_dir, "stats.json"), json.dumps(stats, indent=2))
+    wait_for_writer(f"rejection sampling {out_dir}")
+    return stats
