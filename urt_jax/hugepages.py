@@ -1,11 +1,10 @@
 """Large host allocations on transparent huge pages, for the CPU backend's step temporaries.
 
-XLA:CPU allocates a step's temporaries (1.4 GB for the benchmark's SFT step) afresh every step,
-and glibc returns such large blocks to the kernel when they are freed, so every step faults them
-in again, 4 KiB at a time: about 370k page faults and 0.7-0.8 s of kernel time a step on a
-2-core machine. With glibc's ``glibc.malloc.hugetlb=1`` tunable, malloc asks for transparent
-huge pages (``madvise(MADV_HUGEPAGE)``) on the blocks it maps, and the same step takes about 10k
-faults (README, Benchmarks). glibc reads tunables only when a process starts, so the command line
+XLA:CPU allocates a step's temporaries afresh every step, and glibc returns such large blocks to
+the kernel when they are freed, so every step faults them in again, 4 KiB at a time. With
+glibc's ``glibc.malloc.hugetlb=1`` tunable, malloc asks for transparent huge pages
+(``madvise(MADV_HUGEPAGE)``) on the blocks it maps, and a step takes a few percent of the
+faults (docs/benchmarks.md). glibc reads tunables only when a process starts, so the command line
 re-executes itself once with the tunable set (``reexec_with_hugepages``). ``URT_JAX_HUGEPAGES=0``
 leaves malloc as it is; a ``GLIBC_TUNABLES`` that already sets ``glibc.malloc.hugetlb`` is kept.
 A host with a TPU or GPU (or ``JAX_PLATFORMS`` naming another backend first) is not restarted:

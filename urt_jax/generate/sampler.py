@@ -110,8 +110,8 @@ def inverse_cdf_sample(key: jax.Array, logits: jax.Array, block: int = 128) -> j
     One uniform per row: ``jax.random.categorical`` (Gumbel-max) draws one per vocabulary entry,
     and at a 32k vocabulary its random bits cost about 7x this on a CPU. The inversion is done
     in two levels, first over the masses of blocks of ``block`` entries and then inside the
-    chosen block, so that no cumulative sum runs over the whole vocabulary (a 32k-long cumsum
-    is a reduce-window on XLA:CPU, 0.3 ms of every decoding step on the benchmark shape).
+    chosen block, so that no cumulative sum runs over the whole vocabulary (a vocabulary-long
+    cumsum is a slow reduce-window on XLA:CPU).
     Entries whose probability is 0 (filtered by top-k / top-p) are never drawn.
     """
     logits = logits.astype(jnp.float32)
@@ -140,12 +140,9 @@ def _first_past(cdf: jax.Array, u: jax.Array, mass: jax.Array) -> jax.Array:
 
 def _in_compute_dtype(state, policy):
     """The parameters cast once to the dtype every use casts them to (``DTypePolicy``): the same
-    computation, but the per-layer weights the sampler holds through its loop (gathered, on a
-    sharded mesh) are compute-dtype copies, half the bytes of fp32 master weights under
-    mixed_bfloat16, and no weight is cast again at each decoded token. The 7B GRPO run's
-    sampling compiled on the plan's 8-device CPU mesh (fsdp 8): 38.9 -> 35.9 GiB of temporaries
-    a device; XLA:CPU runs bf16 matmuls in fp32, so most of its gathered copies stay fp32
-    there."""
+    computation, but the weights the sampler reads at every decoded token are compute-dtype
+    copies, half the bytes of fp32 master weights under mixed_bfloat16, and no weight is cast
+    again at each decoded token."""
     return jax.tree.map(
         lambda a: a.astype(policy.compute_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
         state,

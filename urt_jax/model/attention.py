@@ -129,9 +129,9 @@ def _splash_local(q, k, v, segments, scale, causal):
     [B, T] int32 (T a multiple of the block)."""
     b, t, h, d = q.shape
     kv = k.shape[2]
-    g = h // kv
-    kernel, segment_ids = _splash_kernel(t, g, causal)
-    qg = (q * jnp.asarray(scale, q.dtype)).reshape(b, t, kv, g, d).transpose(0, 2, 3, 1, 4)
+    groups = h // kv
+    kernel, segment_ids = _splash_kernel(t, groups, causal)
+    qg = (q * jnp.asarray(scale, q.dtype)).reshape(b, t, kv, groups, d).transpose(0, 2, 3, 1, 4)
     kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KV, T, D]
 
     def one_row(q_row, k_row, v_row, seg):

@@ -5,24 +5,19 @@ out so that XLA gets row-major matmuls and row-major elementwise work:
 
 - ``swiglu``: autodiff of ``down(silu(x @ Wg) * (x @ Wu))`` made XLA:CPU fuse the SiLU
   derivative into transposes of [tokens, intermediate] activations, an elementwise loop with
-  strided reads that took longer than the matmuls around it (benchmark shape: 219 -> 161 ms per
-  layer for forward and backward; torch 156).
+  strided reads that took longer than the matmuls around it.
 - ``gqa_attention``: queries are regrouped ([B, KV, T*G, D], the G query heads of a KV head
   as rows, token-major) so that every matmul of the forward and backward is a plain batched
   matmul, and the backward is the textbook one (dS = P * (dP - rowsum(dO * O))) instead of the
   chain of transposes autodiff produced through the einsums; causal self-attention is split
-  into query blocks (blocks of rows) that skip the keys after them. Forward and backward per
-  layer on the benchmark shape (AMD Zen3): 234 ms as einsums under autodiff, 175 ms regrouped,
-  about 100 ms in 8 blocks (torch's fused CPU flash attention: 57 ms); on the Xeon of the
-  README's benchmark: 43 ms (torch 32 ms).
+  into query blocks (blocks of rows) that skip the keys after them.
 - ``apply_rotary``: autodiff of ``x * cos + rotate_half(x) * sin`` fused the rotation's pads and
   slices into the transposes the weight gradients read, with cos recomputed per head inside
-  them (20 ms per layer for q alone); written out, the backward is ``dy * cos -
-  rotate_half(dy * sin)`` (benchmark SFT step 2.43 -> 2.26 s, with cos/sin computed once per
-  forward: ``urt_jax.model.rope.mrope_cos_sin``).
+  them; written out, the backward is ``dy * cos - rotate_half(dy * sin)``, with cos/sin
+  computed once per forward (``urt_jax.model.rope.mrope_cos_sin``).
 - ``linear`` (every Dense of the model) and the weight gradients above: ``x^T @ dy`` takes x
   through ``tokens_major``, a transposed copy XLA:CPU cannot fuse x's elementwise producer
-  into (benchmark SFT step 2.23 -> 2.12 s).
+  into.
 
 The LM head's log-probabilities of target tokens get the same treatment in urt_jax.train.loss.
 
@@ -58,8 +53,7 @@ def tokens_major(a: jax.Array, cpu_layout: bool) -> jax.Array:
     On XLA:CPU the transpose is copied from a finished, row-major ``a``: it runs in a branch of a
     conditional, a boundary XLA does not fuse across. Left to itself XLA fuses a's elementwise
     producer (an RMSNorm, SiLU * up, RoPE's backward) into the transposing loop, which then
-    reads strided and does not vectorise: 4-8 ms per such transpose on the benchmark shape
-    against 1.5 ms for the copy (decoder layer forward + backward 195 -> 182 ms). Without
+    reads strided and does not vectorise, several times slower than the copy. Without
     ``cpu_layout`` (a model built for TPU or GPU) the backend transposes as it sees fit."""
     flat = a.reshape(-1, a.shape[-1])
     if not cpu_layout:
@@ -172,15 +166,15 @@ def _spans(t: int, s: int, blocks: int) -> list[tuple[int, int, int]]:
 
 def _attention_forward(q, k, v, mask, scale, blocks):
     t, h, kv = q.shape[1], q.shape[2], k.shape[2]
-    g = h // kv
+    groups = h // kv
     kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KV, S, D]
     q_all = _grouped(q, kv)
     outs, saved = [], []
     for start, end, keys in _spans(t, k.shape[1], blocks):
-        qg = q_all[:, :, start * g : end * g]
+        qg = q_all[:, :, start * groups : end * groups]
         scores = jnp.einsum("bkqd,bksd->bkqs", qg, kh[:, :, :keys])
         scores = scores * jnp.asarray(scale, q.dtype)
-        keep = jnp.repeat(mask[:, None, start:end, :keys], g, axis=2)  # [B, 1, c*G, s]
+        keep = jnp.repeat(mask[:, None, start:end, :keys], groups, axis=2)  # [B, 1, c*G, s]
         probs = masked_softmax(scores, keep)
         out = jnp.einsum("bkqs,bksd->bkqd", probs.astype(v.dtype), vh[:, :, :keys])
         outs.append(out)
@@ -192,11 +186,11 @@ def _attention_forward(q, k, v, mask, scale, blocks):
 def _attention_backward(scale, blocks, res, d_out):
     kh, vh, saved = res
     t, s, kv = d_out.shape[1], kh.shape[2], kh.shape[1]
-    g = d_out.shape[2] // kv
+    groups = d_out.shape[2] // kv
     do_all = _grouped(d_out, kv)
     dq, dk, dv = [], jnp.zeros(kh.shape, jnp.float32), jnp.zeros(vh.shape, jnp.float32)
     for (start, end, keys), (qg, probs, out, keep) in zip(_spans(t, s, blocks), saved, strict=True):
-        dog = do_all[:, :, start * g : end * g]
+        dog = do_all[:, :, start * groups : end * groups]
         k_, v_ = kh[:, :, :keys], vh[:, :, :keys]
         dv_ = jnp.einsum("bkqs,bkqd->bksd", probs.astype(dog.dtype), dog)
         dp = jnp.einsum("bkqd,bksd->bkqs", dog, v_).astype(jnp.float32)

@@ -262,8 +262,8 @@ class TextModel(nnx.Module):
             return constrain(x, ACTIVATION_AXES), None
 
         # Unrolled on XLA:CPU, where the rolled loop's slices of the stack and its stacked
-        # residuals are copies (benchmark SFT step 2.46 -> 2.54 s); as fast unrolled as separate
-        # layers there, and on one host the memory a rolled loop saves does not matter. Rolled
+        # residuals are copies; as fast unrolled as separate layers there, and on one host the
+        # memory a rolled loop saves does not matter. Rolled
         # for TPU and GPU: one layer's weights and gradients live at a time.
         unroll = self.scan_unroll or (self.num_layers if self.kernels == "cpu" else 1)
         x, _ = jax.lax.scan(one_layer, x, state, unroll=unroll)

@@ -79,8 +79,7 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     """``x`` held to the sharding its logical ``axes`` get on the mesh the trace runs under
     (``urt_jax.sharding.mesh.activation_mesh``); unchanged without one. Inside the decoder's
     scan XLA otherwise propagates shardings from the weights alone: on fsdp 8 it replicated
-    the batch and all-reduced every activation (7B plan, SFT 8 x 13312: 85 GiB of temporaries
-    per device instead of 56)."""
+    the batch and all-reduced every activation, holding far more per device."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return x

@@ -322,8 +322,7 @@ class GRPOTrainer(StepCore):
     def _metrics(self, r: Rollouts, updates: list[dict], update_seconds: float) -> dict:
         last = updates[-1]
         generated = int(r.lengths.sum())
-        g = self.g.num_generations
-        group_std = r.rewards.reshape(-1, g).std(axis=1)
+        group_std = r.rewards.reshape(-1, self.g.num_generations).std(axis=1)
         out = {
             "loss": float(np.mean([float(u["loss"]) for u in updates])),
             "grad_norm": float(last["grad_norm"]),

@@ -48,8 +48,8 @@ def opt_state_shardings(params, tx: optax.GradientTransformation, mesh):
     ``params`` may be arrays or sharded ShapeDtypeStructs (ahead-of-time planning)."""
     from urt_jax.sharding.mesh import replicated as replicated_sharding
 
-    # Without explicit out_shardings XLA is free to replicate the moments (it does), which for
-    # 7B on fsdp 8 is 57 GiB of Adam state per device instead of 7.
+    # Without explicit out_shardings XLA is free to replicate the moments (it does): every
+    # device would hold the whole optimiser state instead of its shard.
     return optax.tree_utils.tree_map_params(
         tx,
         lambda _, sharding: sharding,
@@ -90,8 +90,8 @@ def init_train_state(params, tx: optax.GradientTransformation, mesh, seed: int) 
 
 def zero_accumulator(params, mesh, num_scalars: int):
     """A jitted function returning fp32 zeros shaped and sharded like ``params`` (the gradient
-    sum of gradient accumulation) and ``num_scalars`` replicated scalar zeros: one compiled call
-    (a device_put per parameter cost 86 ms a step on the 60M benchmark model)."""
+    sum of gradient accumulation) and ``num_scalars`` replicated scalar zeros: one compiled call,
+    not a transfer per parameter."""
     import jax.numpy as jnp
 
     from urt_jax.sharding.mesh import replicated as replicated_sharding
