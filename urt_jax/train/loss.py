@@ -47,7 +47,7 @@ def token_log_probs(
 
     The backward is written out (d logits = one_hot - softmax, then two matmuls): autodiff
     through log_softmax and the gather scattered into a zero [..., V] array and transposed the
-    [..., V] gradient for the kernel's, 35% slower on the benchmark shape. The logits and their
+    [..., V] gradient for the kernel's, both slow passes over [..., V]. The logits and their
     log-sum-exp are kept from the forward (as autodiff kept the log-softmax)."""
     return _token_log_probs_forward(h, kernel, targets, cpu_layout)[0]
 
