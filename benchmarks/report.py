@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 GIB = 1024**3
+TRL = "trl"  # the TRL side's name (benchmarks/run.py, TRL_SIDE)
+# the GRPO step's phases in the order a step runs them (either side's; others follow)
+GRPO_PHASES = ("generation", "rewards + host prep", "ref log-probs", "loss forward", "backward",
+               "clip + AdamW + loop", "update (loss + backward + AdamW)")  # fmt: skip
 
 
 def _f(x: float | None, digits: int = 1) -> str:
@@ -104,6 +108,22 @@ def summary(r: dict) -> list[str]:
                 ]
             )
         )
+    if "grpo_step_speedup_vs_trl" in m:
+        g = r["grpo"]
+        goal, met = _goal("grpo_step_speedup_vs_trl", m["grpo_step_speedup_vs_trl"], goals)
+        out.append(
+            _row(
+                [
+                    f"GRPO step (rollout + update, {g['settings']['prompts']} prompts x G = "
+                    f"{g['settings']['num_generations']}) vs TRL GRPOTrainer, s per step",
+                    _f(g["urt_jax"]["median_s"], 2),
+                    f"{_f(g[TRL]['median_s'], 2)} (TRL)",
+                    f"**{m['grpo_step_speedup_vs_trl']:.2f}x**",
+                    goal,
+                    met,
+                ]
+            )
+        )
     if "recompiles_after_warmup" in m:
         goal, met = _goal("recompiles_after_warmup", m["recompiles_after_warmup"], goals)
         rc = r["recompiles"]
@@ -135,6 +155,21 @@ def summary(r: dict) -> list[str]:
                     ]
                 )
             )
+    if "grpo" in r:
+        g = r["grpo"]
+        a, b = g["urt_jax"]["peak_minus_base_mib"], g[TRL]["peak_minus_base_mib"]
+        out.append(
+            _row(
+                [
+                    "Peak memory, GRPO step (MiB over the libraries; whole process)",
+                    f"{a:,.0f} ({g['urt_jax']['peak_rss_mib']:,.0f})",
+                    f"{b:,.0f} ({g[TRL]['peak_rss_mib']:,.0f}) (TRL)",
+                    f"{a / b:.2f}x",
+                    "-",
+                    "-",
+                ]
+            )
+        )
     for key, label in (("sft", "SFT step"), ("forward", "forward"), ("sampling", "sampling")):
         if key in r:
             res, hf = r[key], r[key]["hf_best"]
@@ -264,6 +299,82 @@ def sampling_profile(r: dict) -> list[str]:
             f"{floor['best']}). A step that was nothing but them, with this call's once-a-call "
             f"and host time, would sample at {sampling[hf]['median_s'] / only_matmuls_s:.2f}x "
             f"{hf}.\n"
+        )
+    return out
+
+
+def grpo_section(r: dict) -> list[str]:
+    """The GRPO step against TRL: settings, how each side runs, the phases, the same-work
+    checks and each side's figures."""
+    g = r.get("grpo")
+    if not g:
+        return []
+    st, ours, trl = g["settings"], g["urt_jax"], g[TRL]
+    same = g["same_work"]
+    out = [
+        "\n## GRPO step against TRL's GRPOTrainer\n",
+        f"One GRPO step on each side: {st['prompts']} prompts (pairwise image-generation "
+        "judgements, two images each, the UnifiedReward-Think template) x G = "
+        f"{st['num_generations']} completions of exactly {st['max_new_tokens']} tokens "
+        f"(temperature {st['temperature']:g}, top-p {st['top_p']:g}), the format and accuracy "
+        f"rewards (urt_jax.rewards on both sides), group advantages, reference log-probs (beta "
+        f"{st['beta']:g}), and one AdamW update (learning rate {st['learning_rate']:g}, gradient "
+        "clipping 1.0) on all of the generation batch's completions, in micro-batches of "
+        f"{st['micro_batch_rows']} rows whose gradients are summed; the vision tower frozen, "
+        "fp32, the same checkpoint and tokenizer. Step time: median of "
+        f"{g.get('method', {}).get('rounds', '?')} timed steps per side, one per turn, turns "
+        "alternating, after one warm-up step each.\n",
+        f"- urt_jax: `urt_jax.train.grpo.rollout` + `GRPOTrainer.step`; end of completions: "
+        f"{ours['info'].get('eos')}; {ours['info'].get('media')}.",
+        f"- TRL {trl['info'].get('trl')} (transformers {trl['info'].get('transformers')}, torch "
+        f"{trl['info'].get('torch')}, sdpa attention, {trl['info'].get('optimizer')}): "
+        f"`trainer.train()` in a thread of the worker, held after each optimizer step, one step "
+        "per timed call (data loading, generation, rewards, reference log-probs, loss forward, "
+        "backward, clipping, AdamW, scheduler: benchmarks/side_trl.py); end of completions: "
+        f"{trl['info'].get('eos')}; {trl['info'].get('media')}.",
+        f"- Same work: completion tokens per step {ours['completion_tokens']} (urt_jax) and "
+        f"{trl['completion_tokens']} (TRL), expected {same['completion_tokens_per_step']}: "
+        + ("equal" if same["completion_tokens_equal"] else "**not equal**")
+        + f"; trainable parameters {ours['trainable_params']:,} and {trl['trainable_params']:,}: "
+        + ("equal" if same["trainable_params_equal"] else "**not equal**")
+        + f"; prompt tokens {ours['info'].get('prompt_tokens')} and "
+        f"{trl['info'].get('prompt_tokens')}, the prompts' token ids "
+        + ("identical" if same["prompts_equal"] else "**different**")
+        + f" (rows padded to {ours['info'].get('padded_length')} and "
+        f"{trl['info'].get('padded_length')} tokens).\n",
+        _row(["phase (medians)", "urt_jax s", "TRL s"]),
+        _row(["---"] * 3),
+    ]
+    seen = [*ours.get("phases_s", {}), *trl.get("phases_s", {})]
+    for name in dict.fromkeys([*(p for p in GRPO_PHASES if p in seen), *seen]):
+        a, b = ours.get("phases_s", {}).get(name), trl.get("phases_s", {}).get(name)
+        out.append(_row([name, _f(a, 2) if a is not None else "-", _f(b, 2) if b is not None
+                         else "-"]))  # fmt: skip
+    out.append(_row(["**whole step**", _f(ours["median_s"], 2), _f(trl["median_s"], 2)]))
+    out += [
+        "\nurt_jax's generation includes building the prompts (template, image processing); "
+        "TRL's is HF `generate` alone, its prompt processing is in rewards + host prep. "
+        "urt_jax's reference log-probs are timed by waiting for their result before the update "
+        "is dispatched.\n",
+        _row(["side", "median s", "spread", "timed steps", "setup s", "first step s",
+              "completion tokens/s", "peak RSS MiB", "over libraries MiB"]),
+        _row(["---"] * 9),
+    ]  # fmt: skip
+    for name, s in ((n, g[n]) for n in ("urt_jax", TRL)):
+        out.append(
+            _row(
+                [
+                    name,
+                    _f(s["median_s"], 2),
+                    f"{s['spread']:.0%}",
+                    str(len(s["times_s"])),
+                    _f(s["setup_s"]),
+                    _f(s["warmup_s"][0], 1),
+                    _f(s["per_s"]),
+                    _f(s["peak_rss_mib"], 0),
+                    _f(s["peak_minus_base_mib"], 0),
+                ]
+            )
         )
     return out
 
@@ -410,6 +521,7 @@ def write_markdown(r: dict) -> str:
             f"warm-up): {rc['compiles_after_warmup']} compilations (jax.monitoring backend "
             "compile events, any function).\n"
         )
+    lines += grpo_section(r)
     lines += plan(r)
     lines.append("\n## Details\n")
     lines += details(r)

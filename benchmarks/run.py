@@ -8,13 +8,14 @@ every side builds the same batches (benchmarks/workload.py). Each side of each m
 in its own worker process (benchmarks/worker.py) so its peak memory is its own; the sides take
 turns (round-robin, rotating who goes first) and the medians of the timed calls after warm-up
 are compared. Measurements: matmul peak (numpy, jax, torch), SFT step, forward, group sampling,
-recompilations over mixed-length batches, the SFT step breakdown, a profile of a sampling call,
-and benchmarks/plan_7b.py.
+recompilations over mixed-length batches, a whole GRPO step against TRL's GRPOTrainer, the SFT
+step breakdown, a profile of a sampling call, and benchmarks/plan_7b.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -32,13 +33,14 @@ from benchmarks.report import write_markdown  # noqa: E402
 from urt_jax import hugepages  # noqa: E402
 
 WORKER = os.path.join(ROOT, "benchmarks", "worker.py")
-MEASUREMENTS = ("matmul", "sft", "forward", "sampling", "recompiles", "plan")
+MEASUREMENTS = ("matmul", "sft", "forward", "sampling", "recompiles", "grpo", "plan")
 GOALS = {
     "sft_step_speedup_vs_hf": (">=", 1.2),
     "forward_speedup_vs_hf": None,
     "sampling_speedup_vs_hf": (">=", 3.0),
     "mfu_vs_measured_peak": (">=", 0.5),
     "recompiles_after_warmup": ("==", 0),
+    "grpo_step_speedup_vs_trl": (">=", 3.0),
     "sampling_speedup_bound_vs_hf": None,
     "sampling_speedup_memory_bound_vs_hf": None,
 }
@@ -49,6 +51,10 @@ HF_SIDES = {
     "transformers (eager)": ("eager", False),
     "transformers (sdpa, huge pages)": ("sdpa", True),
 }
+# TRL's GRPOTrainer (benchmarks/side_trl.py) runs in one process with the same malloc settings as
+# urt_jax's (a TRL step takes about two minutes at the default shape on 2 cores: one TRL side
+# keeps the run short); --malloc plain runs both without the tunable.
+TRL_SIDE = "trl"
 # --malloc retain: glibc malloc told to keep freed memory (one arena, no mmap, no trimming), the
 # same for every side. By default each step's large temporaries (XLA's 1.4 GB temp buffer, torch's
 # activations) are mmapped afresh and page-faulted in again: about 350k faults a step on both
@@ -75,7 +81,7 @@ def worker_env(args: argparse.Namespace, side: str) -> dict[str, str]:
         return RETAIN_MALLOC
     if args.malloc == "plain":
         return {}
-    if side == "urt_jax" or HF_SIDES.get(side, ("", False))[1]:
+    if side in ("urt_jax", TRL_SIDE) or HF_SIDES.get(side, ("", False))[1]:
         return hugepage_env()
     return {}
 
@@ -125,8 +131,10 @@ def compare(
     units_per_call: float,
     warmup: int,
     breakdown: str | None = None,
+    keep_extras: bool = False,
 ) -> dict:
-    """Round-robin timing of ``sides`` (name -> worker argv) on one task."""
+    """Round-robin timing of ``sides`` (name -> worker argv) on one task; ``keep_extras``: each
+    side's result lists what its timed calls returned (``extras``)."""
     log_dir = os.path.join(args.out, "logs", task)
     os.makedirs(log_dir, exist_ok=True)
     workers = {
@@ -164,6 +172,8 @@ def compare(
             res[name]["phases_s"] = {
                 k: statistics.median(e[k] for e in extras[name] if k in e) for k in phases
             }
+        if keep_extras:
+            res[name]["extras"] = extras[name]
         if name != breakdown:
             res[name].update(w.finish())
             continue
@@ -334,6 +344,9 @@ def main() -> None:
     if stage("recompiles"):
         results["recompiles"] = res = recompiles(args)
         metrics["recompiles_after_warmup"] = res["compiles_after_warmup"]
+    if stage("grpo"):
+        results["grpo"] = res = grpo(args, shape)
+        metrics["grpo_step_speedup_vs_trl"] = res[TRL_SIDE]["median_s"] / res["urt_jax"]["median_s"]
     if stage("plan"):
         results["plan_7b"] = run_plan(args)
     results["metrics"] = metrics
@@ -365,6 +378,40 @@ def decode_floor(args: argparse.Namespace, new_tokens: int) -> dict:
         "read_step_ms": 1e3 * res["jax_read"]["median_s"] / steps,
         "weight_mib_per_step": res[best]["info"]["weight_bytes_per_step"] / 2**20,
     }
+
+
+def grpo(args: argparse.Namespace, shape: wl.Shape) -> dict:
+    """One GRPO step (rollout of prompts x G full-length completions, rewards, reference
+    log-probs, one AdamW update) of urt_jax's GRPOTrainer and of TRL's, on the same checkpoint,
+    tokenizer (saved with it here: benchmarks/grpo_workload.save_tokenizer) and prompts; and
+    whether both sides did the same work."""
+    from benchmarks import grpo_workload as gw
+
+    gw.save_tokenizer(shape, args.model_dir)
+    settings = gw.settings(shape)
+    common = ["--task", "grpo", "--model", args.model_dir, "--shape", args.shape]
+    sides = {"urt_jax": [*common, "--side", "ours"], TRL_SIDE: [*common, "--side", "trl"]}
+    # One timed step a turn and no untimed re-warm step: a step takes minutes here (TRL's
+    # several), against the second or so a cold turn's page faults cost.
+    timing = argparse.Namespace(**{**vars(args), "steps": 1, "rewarm": 0})
+    res = compare("grpo", sides, timing, settings.completion_tokens, warmup=1, keep_extras=True)
+    res["settings"] = dataclasses.asdict(settings)
+    res["method"] = {"rounds": args.rounds, "steps_per_turn": 1, "rewarm_calls_per_turn": 0}
+    res["worker_env"] = {name: worker_env(args, name) for name in sides}
+    for name in sides:
+        calls, info = res[name]["extras"], res[name]["info"]
+        res[name]["completion_tokens"] = sorted({e["completion_tokens"] for e in calls})
+        res[name]["trainable_params"] = info["trainable_params"]
+    ours, trl = res["urt_jax"], res[TRL_SIDE]
+    res["same_work"] = {
+        "completion_tokens_per_step": settings.completion_tokens,
+        "completion_tokens_equal": ours["completion_tokens"]
+        == trl["completion_tokens"]
+        == [settings.completion_tokens],
+        "trainable_params_equal": ours["trainable_params"] == trl["trainable_params"],
+        "prompts_equal": ours["info"]["prompt_digest"] == trl["info"]["prompt_digest"],
+    }
+    return res
 
 
 def recompiles(args: argparse.Namespace) -> dict:

@@ -3,6 +3,7 @@ recompilation count, the SFT step's breakdown and the sampling call's profile.""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -125,6 +126,82 @@ class Ours:
             before = self.counter.count
             self.trainer.step([next(queue)])
             return {"compiles": self.counter.count - before}
+
+        return call
+
+    def _setup_grpo(self):
+        """One GRPO step per call: ``rollout`` (G completions per prompt, forced to full length
+        by passing no end-of-turn ids, then rewards and advantages) and ``trainer.step`` (one
+        update on the generation batch). The trainer's jitted reference log-probs are wrapped
+        with a timer that waits for their result: the one sync this adds splits the update."""
+        from benchmarks import grpo_workload as gw
+        from urt_jax.config import GRPOSection
+        from urt_jax.data.examples import ExampleBuilder
+        from urt_jax.data.templates import Templates
+        from urt_jax.data.vl_processor import Processor
+        from urt_jax.train import grpo as grpo_mod
+
+        s = gw.settings(self.shape)
+        # the rest (clip 0.2, k3 KL, seq-mean-token-mean, format + accuracy): the defaults
+        g = GRPOSection(
+            max_steps=s.max_steps, prompts_per_step=s.prompts, num_generations=s.num_generations,
+            max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+            learning_rate=s.learning_rate, beta=s.beta, num_iterations=1,
+            micro_batch_rows=s.micro_batch_rows,
+        )  # fmt: skip
+        train = TrainSection(progress=False)  # freeze_vision, AdamW, clip 1.0: the defaults
+        trainer = grpo_mod.GRPOTrainer(self.model, self.mesh, train, g, seed=s.seed)
+        processor = Processor.from_pretrained(self.model.source_dir)
+        builder = ExampleBuilder.for_processor(
+            processor, Templates.load(gw.TEMPLATES), self.config, include_reply=False
+        )
+        records = gw.records(self.shape, s.prompts, s.seed)
+        ref_seconds = [0.0]
+        logprobs = trainer._logprobs
+
+        def timed_logprobs(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = jax.block_until_ready(logprobs(*args, **kwargs))
+            ref_seconds[0] += time.perf_counter() - t0
+            return out
+
+        trainer._logprobs = timed_logprobs
+        self.trainer = trainer
+        self.extra.update(
+            trainable_params=int(sum(x.size for x in jax.tree.leaves(trainer.state["params"]))),
+            settings=dataclasses.asdict(s),
+            eos="no end-of-turn ids passed to the sampler (rollout(..., eos_token_ids=[]))",
+            media="each prompt's images encoded once per forward (ModelInputs.media_row)",
+        )
+        seeds = iter(range(1_000_000))
+
+        def call():
+            ref_seconds[0] = 0.0
+            t0 = time.perf_counter()
+            r = grpo_mod.rollout(
+                trainer.model(), processor.tokenizer, records, builder, trainer.g,
+                trainer.rewards, next(seeds), eos_token_ids=[],
+            )  # fmt: skip
+            t1 = time.perf_counter()
+            m = trainer.step(r)
+            t2 = time.perf_counter()
+            ids, mask = r.inputs.input_ids, r.inputs.attention_mask
+            p = r.prompt_length
+            prompts = [row[:p][keep[:p] == 1] for row, keep in zip(ids, mask, strict=True)]
+            self.extra.update(
+                prompt_digest=gw.prompt_digest(prompts),
+                prompt_tokens=sorted(int(k[:p].sum()) for k in mask[:: s.num_generations]),
+                padded_length=int(ids.shape[1]),
+                last_reward=m["reward"],
+            )
+            return {
+                "loss": m["loss"],
+                "generation": r.sampling_seconds,
+                "rewards + host prep": t1 - t0 - r.sampling_seconds,
+                "ref log-probs": ref_seconds[0],
+                "update (loss + backward + AdamW)": t2 - t1 - ref_seconds[0],
+                "completion_tokens": int(r.lengths.sum()),
+            }
 
         return call
 

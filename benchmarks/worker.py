@@ -1,8 +1,8 @@
 """One side of one measurement, in its own process (so that its peak memory is its own), driven
 by benchmarks/run.py over stdin/stdout, one JSON object a line.
 
-    python benchmarks/worker.py --task sft|forward|sample|recompiles|matmul|decode_floor
-        --side ours|hf|lib --model DIR --shape default|quick [--attn sdpa|eager]
+    python benchmarks/worker.py --task sft|forward|sample|recompiles|grpo|matmul|decode_floor
+        --side ours|hf|trl|lib --model DIR --shape default|quick [--attn sdpa|eager]
         [--lib numpy|jax|torch|jax_out_in|jax_read (decode_floor)]
 
 Commands: {"op": "run", "n": k} runs k timed calls; {"op": "reset_peak"} restarts peak-memory
@@ -73,6 +73,12 @@ def resolve(args: argparse.Namespace):
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
+    if args.side == "trl":
+        import trl  # noqa: F401
+
+        from benchmarks.side_trl import TRLGRPO
+
+        return lambda: TRLGRPO(args.task, args.model, shape)
     from benchmarks.side_hf import HF, DecodeFloor, Matmul
 
     if args.side == "hf":
@@ -89,7 +95,7 @@ def resolve(args: argparse.Namespace):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--task", required=True)
-    ap.add_argument("--side", required=True, choices=("ours", "hf", "lib"))
+    ap.add_argument("--side", required=True, choices=("ours", "hf", "trl", "lib"))
     ap.add_argument("--model", default="")
     ap.add_argument("--shape", default="default")
     ap.add_argument("--attn", default="sdpa")
