@@ -221,7 +221,7 @@ class Ours:
         params, frozen = tr.state["params"], tr.frozen
         vision = jax.jit(lambda p, f, x: nnx.merge(tr.graphdef, p, f).vision_features(x))
         hidden = jax.jit(lambda p, f, x: nnx.merge(tr.graphdef, p, f).hidden_states(x))
-        loss = jax.jit(tr._loss_sum)
+        loss = jax.jit(lambda p, f, x, t: sft_mod.sft_loss(nnx.merge(tr.graphdef, p, f), x, t))
 
         def accumulate():  # the live parameters: apply donates the old ones
             acc = tr.zero_accumulator()
