@@ -12,22 +12,16 @@ and the command then exits 1.
 from __future__ import annotations
 
 from urt_jax.config import RunConfig, options_from
-from urt_jax.data.media import check_all_media
-from urt_jax.data.readers import read_records, write_jsonl
+from urt_jax.data.pipeline import read_checked_items
+from urt_jax.data.readers import write_jsonl
 from urt_jax.data.records import PreferenceRecord, RecordError
 from urt_jax.sharding.mesh import wait_for_writer, writes_here
 
 
 def read_items(path: str, data_root: str | None) -> list[PreferenceRecord | RecordError]:
-    """Every item of ``path`` in order: a record to judge, or the RecordError of an item that
-    cannot be judged (malformed, or one of its media unusable: ``media.check_all_media``)."""
-    items = list(read_records(path, data_root, labelled=False))
-    records = [(i, r) for i, r in enumerate(items) if not isinstance(r, RecordError)]
-    unusable = check_all_media([r for _, r in records])
-    for k, why in unusable.items():
-        i, record = records[k]
-        items[i] = RecordError(f"{record.source}: {why}")
-    return items
+    """The items of ``path`` to judge, in order (native items may leave out the verdict): each a
+    record, or the RecordError of one that cannot be judged (``read_checked_items``)."""
+    return read_checked_items(path, data_root, labelled=False)
 
 
 def score_file(

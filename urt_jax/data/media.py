@@ -3,6 +3,7 @@ files, at most N evenly spaced frames per video, and the sampled frame rate."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import warnings
@@ -56,9 +57,10 @@ def load_video(
     return decode_video(src, max_frames, max_pixels)
 
 
-def decode_video(
-    src: str | bytes, max_frames: int = 8, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-) -> tuple[list[Image.Image], float]:
+@contextlib.contextmanager
+def _video_stream(src: str | bytes, max_pixels: int):
+    """(container, first video stream, name) of a video file or its bytes, the frame size
+    checked against ``max_pixels``; any decoding error inside becomes a MediaError naming it."""
     import av  # PyAV: FFmpeg bindings
 
     name = "<bytes>" if isinstance(src, bytes) else src
@@ -74,12 +76,19 @@ def decode_video(
                     f"{name}: {stream.width}x{stream.height} frames exceed the "
                     f"limit of {max_pixels} pixels"
                 )
-            rate = float(stream.average_rate or stream.guessed_rate or DEFAULT_FRAMES_FPS)
-            frames = [f.to_image() for f in container.decode(stream)]
+            yield container, stream, name
     except MediaError:
         raise
     except (av.error.FFmpegError, OSError, ValueError) as e:
         raise MediaError(f"{name}: cannot decode video ({e})") from None
+
+
+def decode_video(
+    src: str | bytes, max_frames: int = 8, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> tuple[list[Image.Image], float]:
+    with _video_stream(src, max_pixels) as (container, stream, name):
+        rate = float(stream.average_rate or stream.guessed_rate or DEFAULT_FRAMES_FPS)
+        frames = [f.to_image() for f in container.decode(stream)]
     if not frames:
         raise MediaError(f"{name}: the video has no frames")
     idx = sample_frame_indices(len(frames), max_frames)
@@ -98,28 +107,10 @@ def check_media(media: Media, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Non
         for frame in media.frames:
             open_image(frame, max_pixels)
         return
-    import av
-
     src = media.path if media.path is not None else media.data
-    name = "<bytes>" if isinstance(src, bytes) else src
-    if isinstance(src, str) and not os.path.isfile(src):
-        raise MediaError(f"{name}: video file not found")
-    try:
-        with av.open(io.BytesIO(src) if isinstance(src, bytes) else src) as container:
-            if not container.streams.video:
-                raise MediaError(f"{name}: no video stream")
-            stream = container.streams.video[0]
-            if stream.width * stream.height > max_pixels:
-                raise MediaError(
-                    f"{name}: {stream.width}x{stream.height} frames exceed the "
-                    f"limit of {max_pixels} pixels"
-                )
-            if next(container.decode(stream), None) is None:
-                raise MediaError(f"{name}: the video has no frames")
-    except MediaError:
-        raise
-    except (av.error.FFmpegError, OSError, ValueError) as e:
-        raise MediaError(f"{name}: cannot decode video ({e})") from None
+    with _video_stream(src, max_pixels) as (container, stream, name):
+        if next(container.decode(stream), None) is None:
+            raise MediaError(f"{name}: the video has no frames")
 
 
 def check_all_media(

@@ -30,14 +30,23 @@ class InvalidDataError(ValueError):
     pass
 
 
-def read_checked(path: str, data_root: str | None = None) -> tuple[list, list[RecordError]]:
-    """(valid records, errors) of a data file or dataset YAML: each error names its JSON file and
-    line; every media file of every record is opened first (``media.check_all_media``), so a
-    record whose media cannot be used is an error here, not when its batch arrives."""
-    items = list(read_records(path, data_root))
+def read_checked_items(
+    path: str, data_root: str | None = None, labelled: bool = True
+) -> list[PreferenceRecord | RecordError]:
+    """Every item of a data file or dataset YAML in order: a record, or the RecordError (naming
+    its JSON file and line) of one that is malformed or whose media cannot be used. Every media
+    file of every record is opened here (``media.check_all_media``), not when its batch
+    arrives."""
+    items = list(read_records(path, data_root, labelled))
     valid = [i for i, item in enumerate(items) if not isinstance(item, RecordError)]
     for k, why in check_all_media([items[i] for i in valid]).items():
         items[valid[k]] = RecordError(f"{items[valid[k]].source}: {why}")
+    return items
+
+
+def read_checked(path: str, data_root: str | None = None) -> tuple[list, list[RecordError]]:
+    """(valid records, errors) of ``read_checked_items``."""
+    items = read_checked_items(path, data_root)
     bad = [item for item in items if isinstance(item, RecordError)]
     return [item for item in items if not isinstance(item, RecordError)], bad
 
