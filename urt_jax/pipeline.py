@@ -221,12 +221,12 @@ def _rejection_output(out: str, name: str) -> str:
 
 def _stage_rs_sft(cfg: RunConfig, out: str, report: dict) -> None:
     """The second SFT: the cold-started model on its own correct samples (rejection sampling)."""
-    from urt_jax.data.sources import open_records
+    from urt_jax.data.sources import count_records
 
     data = _rejection_output(out, "sft")
     if not os.path.exists(data):
         raise RunConfigError("stage rs_sft needs the 'sample' stage before it")
-    kept = len(open_records(data, train_data_root(cfg)))
+    kept = count_records(data, train_data_root(cfg))
     if kept < cfg.data.batch_size:
         report["rs_sft"] = {"skipped": f"{kept} correct samples, fewer than one batch"}
         _log(f"rs_sft: skipped, rejection sampling kept only {kept} samples")
@@ -244,14 +244,14 @@ def _stage_rs_sft(cfg: RunConfig, out: str, report: dict) -> None:
 def _stage_grpo(cfg: RunConfig, out: str, report: dict) -> None:
     """GRPO from the newest model on the prompts rejection sampling answered wrongly (or
     grpo.data), then the policy in {out}/grpo/hf."""
-    from urt_jax.data.sources import open_records
+    from urt_jax.data.sources import count_records
     from urt_jax.train.run_grpo import run_grpo
 
     prompts = cfg.grpo.data or _rejection_output(out, "grpo")
     if not os.path.exists(prompts):
         raise RunConfigError("stage grpo needs grpo.data or the 'sample' stage before it")
     root = cfg.data.data_root if cfg.grpo.data else train_data_root(cfg)
-    n = len(open_records(prompts, root, skip_invalid=cfg.data.skip_invalid))
+    n = count_records(prompts, root, cfg.data.tfds_data_dir)
     if n == 0:
         report["grpo"] = {"skipped": "no prompts answered wrongly"}
         _log("grpo: skipped, rejection sampling left no wrongly answered prompts")

@@ -24,3 +24,15 @@ def open_records(
         name, split = parse_tfds_spec(spec)
         return TFDSRecords(name, split, tfds_data_dir)
     return load_records(spec, data_root, skip_invalid=skip_invalid)
+
+
+def count_records(spec: str, data_root: str | None = None, tfds_data_dir: str | None = None) -> int:
+    """How many valid records ``spec`` holds, their fields checked but not their media: a cheap
+    count for deciding whether a stage has anything to do (the stage's own ``open_records``
+    checks everything, media included, before its first step)."""
+    if spec.startswith("tfds:"):
+        return len(open_records(spec, data_root, tfds_data_dir))
+    from urt_jax.data.readers import read_records
+    from urt_jax.data.records import RecordError
+
+    return sum(not isinstance(r, RecordError) for r in read_records(spec, data_root))
