@@ -3,9 +3,13 @@
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
+from jax.sharding import Mesh
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 import urt_jax
@@ -63,15 +67,28 @@ def test_round_trip_bit_exact(tmp_path, layout, config_style, shard, tie):
 
 
 def test_bf16_stays_bf16(tmp_path):
+    """bf16 through the streaming sharded writer, back into transformers bit-exact, and read
+    again as bf16 slices onto a mesh."""
     hf = ref.make_model(ref.tiny_config(), seed=12, dtype=torch.bfloat16)
     ref.save_model(hf, tmp_path / "src")
     model = urt_jax.from_pretrained(tmp_path / "src")
-    urt_jax.save_pretrained(model, tmp_path / "dst")
-    config = json.loads((tmp_path / "dst" / "config.json").read_text())
+    dst = tmp_path / "dst"
+    urt_jax.save_pretrained(model, dst, max_shard_bytes=150_000)
+    assert (dst / "model.safetensors.index.json").exists()
+    config = json.loads((dst / "config.json").read_text())
     assert config["torch_dtype"] == "bfloat16"
-    ckpt = SafetensorsCheckpoint.open(tmp_path / "dst")
+    ckpt = SafetensorsCheckpoint.open(dst)
+    assert len(ckpt.files) > 1
     assert {str(ckpt.dtype(k)) for k in ckpt.keys()} == {"bfloat16"}
-    _reload_and_compare(hf, tmp_path / "dst")
+    _reload_and_compare(hf, dst)
+
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+    sharded = urt_jax.from_pretrained(dst, mesh=mesh)
+    want = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    for path, var in nnx.to_flat_state(nnx.state(sharded, nnx.Param)):
+        got, expected = np.asarray(var.get_value()), np.asarray(want[path].get_value())
+        assert got.dtype == expected.dtype == jnp.bfloat16, path
+        np.testing.assert_array_equal(got.view(np.uint16), expected.view(np.uint16), str(path))
 
 
 def test_aux_files_are_carried(tmp_path):

@@ -62,6 +62,44 @@ def test_sharded_load_matches_and_follows_rules(hf_dir, mesh):
     np.testing.assert_allclose(_logits(sharded, batch), _logits(plain, batch), atol=2e-5)
 
 
+def test_sharded_load_reads_each_shard_as_its_slice(hf_dir, mesh, monkeypatch):
+    """With a mesh, a sharded tensor is never read whole: each distinct shard is read once, as
+    its slice of the file, and the parameters equal a one-device load exactly."""
+    from urt_jax.model.safetensors_io import SafetensorsCheckpoint
+
+    whole, sliced = [], []
+    get, get_slice = SafetensorsCheckpoint.get, SafetensorsCheckpoint.get_slice
+
+    def spy_get(self, name):
+        whole.append(name)
+        return get(self, name)
+
+    def spy_get_slice(self, name, index):
+        out = get_slice(self, name, index)
+        sliced.append((name, out.nbytes))
+        return out
+
+    monkeypatch.setattr(SafetensorsCheckpoint, "get", spy_get)
+    monkeypatch.setattr(SafetensorsCheckpoint, "get_slice", spy_get_slice)
+    sharded = urt_jax.from_pretrained(hf_dir, dtype="float32", mesh=mesh)
+    monkeypatch.undo()
+
+    q = "model.layers.0.self_attn.q_proj.weight"  # [heads, embed] -> (None, fsdp, tensor)
+    assert q not in whole
+    q_reads = [n for name, n in sliced if name == q]
+    with SafetensorsCheckpoint.open(hf_dir) as ckpt:
+        q_bytes = ckpt.get(q).nbytes
+    # 8 devices hold 4 distinct quarters (replicated over data): 4 reads, a quarter each
+    assert q_reads == [q_bytes // 4] * 4
+    assert "model.norm.weight" not in whole  # a replicated tensor is one slice: all of it
+    plain = urt_jax.from_pretrained(hf_dir, dtype="float32")
+    want = dict(nnx.to_flat_state(nnx.state(plain, nnx.Param)))
+    for path, var in nnx.to_flat_state(nnx.state(sharded, nnx.Param)):
+        np.testing.assert_array_equal(
+            np.asarray(var.get_value()), np.asarray(want[path].get_value())
+        )
+
+
 def test_indivisible_dimension_is_replicated():
     devices = np.array(jax.devices()[:8]).reshape(1, 2, 4)
     mesh = Mesh(devices, ("data", "fsdp", "tensor"))

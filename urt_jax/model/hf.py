@@ -3,8 +3,8 @@
 Reads the legacy key layout of the published checkpoints (``model.layers.*``, ``visual.*``) and
 the layout transformers 4.52+ keeps in memory (``model.language_model.*``, ``model.visual.*``),
 single-file or sharded; writes the legacy layout (what transformers 5.x ``save_pretrained`` writes
-and every loader reads). Tensors are read one at a time from memory-mapped files and, with a mesh,
-placed straight into their shards, so the whole model never sits in host memory.
+and every loader reads). Tensors are read one at a time and, with a mesh, each device's shard as
+its slice of the file; they are written one at a time: the whole model never sits in host memory.
 """
 
 from __future__ import annotations
@@ -61,12 +61,20 @@ class Transform:
     name: str
     to_nnx: Callable[[np.ndarray], np.ndarray]
     to_hf: Callable[[np.ndarray, tuple[int, ...]], np.ndarray]  # (param, hf_shape) -> tensor
+    # The slice of the HF tensor that to_nnx turns into a given slice of the parameter; None
+    # where no single slice does (the tensor is then read whole).
+    hf_index: Callable[[tuple[slice, ...]], tuple[slice, ...] | None]
 
 
-IDENTITY = Transform("identity", lambda a: a, lambda a, shape: a)
-LINEAR = Transform("linear", lambda a: a.T, lambda a, shape: a.T)  # torch [out, in] <-> [in, out]
+IDENTITY = Transform("identity", lambda a: a, lambda a, shape: a, lambda index: index)
+LINEAR = Transform(  # torch [out, in] <-> [in, out]
+    "linear", lambda a: a.T, lambda a, shape: a.T, lambda index: index[::-1]
+)
 CONV3D = Transform(  # torch Conv3d [D, C, T, p, p] <-> Dense kernel [C*T*p*p, D]
-    "conv3d", lambda a: a.reshape(a.shape[0], -1).T, lambda a, shape: a.T.reshape(shape)
+    "conv3d",
+    lambda a: a.reshape(a.shape[0], -1).T,
+    lambda a, shape: a.T.reshape(shape),
+    lambda index: None,
 )
 
 _TEXT_LAYER_RULES = [
@@ -281,7 +289,7 @@ def load_params_from_hf(
     _, abstract_state = nnx.split(abstract)
     flat = dict(nnx.to_flat_state(abstract_state))
 
-    def read(rule: Rule, dtype) -> np.ndarray:
+    def checked_key(rule: Rule) -> str:
         key = by_legacy[rule.hf_key]
         found = tuple(ckpt.shape(key))
         if found != rule.hf_shape:
@@ -289,7 +297,26 @@ def load_params_from_hf(
                 f"{model_dir}: tensor {key!r} has shape {found}, expected "
                 f"{rule.hf_shape} from config.json"
             )
-        return np.asarray(rule.transform.to_nnx(ckpt.get(key))).astype(dtype)  # policy dtype
+        return key
+
+    def read(rule: Rule, dtype) -> np.ndarray:
+        """The rule's whole tensor in the parameter layout and dtype, on the host."""
+        return np.asarray(rule.transform.to_nnx(ckpt.get(checked_key(rule)))).astype(dtype)
+
+    def place(rule: Rule, target, sharding: NamedSharding) -> jax.Array:
+        """The rule's tensor on the mesh, each shard read from the file as just its slice;
+        target: the abstract parameter (of all layers, when stacked)."""
+        shape = target.shape[1:] if rule.layer is not None else target.shape
+        dtype = target.dtype
+        key, to_nnx = checked_key(rule), rule.transform.to_nnx
+
+        def shard(index: tuple[slice, ...]) -> np.ndarray:
+            hf_index = rule.transform.hf_index(index)
+            if hf_index is None:
+                return np.asarray(to_nnx(ckpt.get(key))[index]).astype(dtype)
+            return np.asarray(to_nnx(ckpt.get_slice(key, hf_index))).astype(dtype)
+
+        return jax.make_array_from_callback(shape, sharding, _once_per_index(shard))
 
     # one parameter at a time; a stacked one from its layers' tensors, each placed in its shards
     # as it is read and then stacked on the devices (never the whole stack in host memory)
@@ -297,23 +324,31 @@ def load_params_from_hf(
         var = flat[path]
         target = var.get_value() if hasattr(var, "get_value") else var.value
         sharding = param_sharding(var, mesh) if mesh is not None else None
-        if group[0].layer is None:
-            value = _place(read(group[0], target.dtype), sharding)
-        elif sharding is None:  # one device: stacked on the host, then moved once
-            value = jnp.asarray(np.stack([read(rule, target.dtype) for rule in group]))
+        if sharding is None:  # one device: a stacked parameter is stacked on the host
+            arrays = [read(rule, target.dtype) for rule in group]
+            value = jnp.asarray(arrays[0] if group[0].layer is None else np.stack(arrays))
+        elif group[0].layer is None:
+            value = place(group[0], target, sharding)
         else:
             layer_sharding = NamedSharding(mesh, PartitionSpec(*sharding.spec[1:]))
-            layers = [_place(read(rule, target.dtype), layer_sharding) for rule in group]
+            layers = [place(rule, target, layer_sharding) for rule in group]
             value = jax.jit(lambda *a: jnp.stack(a), out_shardings=sharding)(*layers)
         var.set_value(value)
     ckpt.close()
     return abstract_state  # its Variables now hold the loaded arrays
 
 
-def _place(array: np.ndarray, sharding: NamedSharding | None) -> jax.Array:
-    if sharding is None:
-        return jnp.asarray(array)
-    return jax.make_array_from_callback(array.shape, sharding, lambda idx: array[idx])
+def _once_per_index(read_shard: Callable[[tuple[slice, ...]], np.ndarray]):
+    """read_shard, reading each distinct slice once (devices that replicate a shard share it)."""
+    done: dict[tuple, np.ndarray] = {}
+
+    def read(index: tuple[slice, ...]) -> np.ndarray:
+        key = tuple((s.start, s.stop, s.step) for s in index)
+        if key not in done:
+            done[key] = read_shard(index)
+        return done[key]
+
+    return read
 
 
 def from_pretrained(
@@ -347,19 +382,39 @@ def from_pretrained(
 
 
 # ------------------------------------------------------------------------------ saving
-def hf_tensors(model: Qwen25VL) -> Iterator[tuple[str, np.ndarray]]:
-    """(legacy key, numpy tensor) for every parameter, in the parameter dtype, one at a time."""
+class HostTensor:
+    """One parameter's tensor in the Hugging Face layout, copied to the host only when read
+    (``np.asarray``). A tensor split over several processes is gathered then: every process
+    must read the same tensors in the same order."""
+
+    def __init__(self, value: jax.Array, rule: Rule):
+        self._value, self._rule = value, rule
+        self.shape = rule.hf_shape
+        self.dtype = np.dtype(value.dtype)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        value = self._value if self._rule.layer is None else self._value[self._rule.layer]
+        out = np.ascontiguousarray(self._rule.transform.to_hf(to_host(value), self.shape))
+        return out if dtype is None else out.astype(dtype)
+
+
+def lazy_hf_tensors(model: Qwen25VL) -> dict[str, HostTensor]:
+    """Every parameter as its legacy-layout tensor (legacy key -> HostTensor), none read yet."""
     _, state = nnx.split(model, nnx.Param)
     flat = dict(nnx.to_flat_state(state))
+    tensors = {}
     for rule in conversion_rules(model.config):
         var = flat[rule.path]
-        value = var.get_value() if hasattr(var, "get_value") else var.value
-        if rule.layer is not None:  # one layer of the stack, sliced on the devices
-            value = value[rule.layer]
-        yield (
-            rule.hf_key,
-            np.ascontiguousarray(rule.transform.to_hf(to_host(value), rule.hf_shape)),
+        tensors[rule.hf_key] = HostTensor(
+            var.get_value() if hasattr(var, "get_value") else var.value, rule
         )
+    return tensors
+
+
+def hf_tensors(model: Qwen25VL) -> Iterator[tuple[str, np.ndarray]]:
+    """(legacy key, numpy tensor) for every parameter, in the parameter dtype, one at a time."""
+    for key, tensor in lazy_hf_tensors(model).items():
+        yield key, np.asarray(tensor)
 
 
 def save_pretrained(
@@ -370,26 +425,26 @@ def save_pretrained(
     max_shard_bytes: int | None = 5 * 10**9,
     extra_files: dict[str, str] | None = None,
 ) -> None:
-    """Writes config.json + safetensors (legacy layout) loadable by transformers. On a mesh over
-    several processes every process must call it: each tensor is gathered, process 0 writes.
+    """Writes config.json + safetensors (legacy layout) loadable by transformers, one tensor on
+    the host at a time. On a mesh over several processes every process must call it: each
+    tensor is gathered, process 0 writes.
 
     Tokenizer, processor and generation files are copied from ``source_dir`` (default: the
     directory the model was loaded from) when present there. ``extra_files`` maps file names to
     contents to write as well.
     """
     out_dir = os.fspath(out_dir)
-    writer = writes_here()
-    tensors = {}
-    for key, value in hf_tensors(model):  # every process takes part in gathering each tensor
-        if writer:
-            tensors[key] = value
-    if writer:
+    tensors = lazy_hf_tensors(model)
+    if writes_here():
         os.makedirs(out_dir, exist_ok=True)
         save_safetensors(tensors, out_dir, max_shard_bytes=max_shard_bytes)
         dtype = _dtype_name({t.dtype.name for t in tensors.values()})
         write_config_and_aux_files(model, out_dir, dtype, source_dir)
         for name, content in (extra_files or {}).items():
             write_text(os.path.join(out_dir, name), content)
+    else:  # take part in each gather, in the order save_safetensors reads: sorted by name
+        for key in sorted(tensors):
+            np.asarray(tensors[key])
     wait_for_writer(f"save_pretrained {out_dir}")
 
 

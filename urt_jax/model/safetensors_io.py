@@ -1,12 +1,15 @@
-"""Reading and writing Hugging Face safetensors checkpoints as numpy arrays (bf16 included).
+"""Hugging Face safetensors checkpoints as numpy arrays (bf16 included): read and written.
 
-Written from the format description: an 8-byte little-endian u64 header length ``N``, ``N`` bytes
-of UTF-8 JSON ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``
-(offsets relative to the first byte after the header), then the raw row-major little-endian data.
+Reading goes through the safetensors library (``safe_open``): each file is memory-mapped and a
+tensor, or a slice of one, is read only when asked for, so a sharded 7B checkpoint is placed onto
+a device mesh shard by shard. Errors name the file and, where known, the tensor.
 
-Reading memory-maps each file, so a tensor is only paged in when it is used and a sharded 7B
-checkpoint can be placed onto a device mesh tensor by tensor. Writing converts one tensor at a
-time (jax arrays included), so at most one tensor is copied to host memory at once.
+Writing is here because the library has no writer that streams: its ``save_file`` takes every
+tensor in memory at once and writes one file. ``save_safetensors`` converts one tensor at a time
+(jax arrays included) into transformers' sharded layout, from the format description: an 8-byte
+little-endian u64 header length ``N``, ``N`` bytes of UTF-8 JSON ``{name: {"dtype", "shape",
+"data_offsets": [begin, end]}, "__metadata__": {...}}`` (offsets from the first byte after the
+header), then the raw row-major little-endian data.
 """
 
 from __future__ import annotations
@@ -14,15 +17,15 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import mmap
 import os
 import re
 import struct
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import ml_dtypes
+import ml_dtypes  # registers bfloat16 with numpy, which the library's numpy reader needs
 import numpy as np
+from safetensors import SafetensorError, safe_open
 
 from urt_jax.atomic import replace_with, write_text
 
@@ -101,144 +104,60 @@ def dtype_to_str(dtype: np.dtype | type | str) -> str:
 
 
 # ---------------------------------------------------------------------------------- reading
-class _Entry:
-    __slots__ = ("dtype", "shape", "begin", "end")
-
-    def __init__(self, dtype: np.dtype, shape: tuple[int, ...], begin: int, end: int):
-        self.dtype, self.shape, self.begin, self.end = dtype, shape, begin, end
-
-
-def _is_count(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+_LIBRARY_READS = set(_DTYPES) - {"F8_E4M3", "F8_E5M2"}  # the numpy reader has no float8
 
 
 class _Shard:
-    """One memory-mapped safetensors file."""
+    """One safetensors file, opened by the safetensors library (memory-mapped, lazy)."""
 
     def __init__(self, path: str):
         self.path = path
+        if not os.path.isfile(path):
+            raise SafetensorsError(f"{path}: file not found")
         try:
-            fh = open(path, "rb")
-        except FileNotFoundError:
-            raise SafetensorsError(f"{path}: file not found") from None
+            self._file = safe_open(path, framework="numpy")
+            self.names = set(self._file.keys())
+            self.metadata = self._file.metadata() or {}
+        except SafetensorError as e:
+            size = os.path.getsize(path)
+            raise SafetensorsError(
+                f"{path}: not a readable safetensors file ({size} bytes; truncated or corrupt?): "
+                f"{e}"
+            ) from None
         except OSError as e:
             raise SafetensorsError(f"{path}: cannot open ({e.strerror or e})") from None
-        with fh:
-            size = os.fstat(fh.fileno()).st_size
-            head = fh.read(8)
-            if len(head) < 8:
-                raise SafetensorsError(
-                    f"{path}: truncated file: {size} bytes, expected at least 8 (the header length)"
-                )
-            (n,) = struct.unpack("<Q", head)
-            if n > size - 8:
-                raise SafetensorsError(
-                    f"{path}: truncated file or not safetensors: header length {n} runs past "
-                    f"the end of the file ({size} bytes, so at most {size - 8} header bytes)"
-                )
-            raw = fh.read(n)
-            try:
-                header = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise SafetensorsError(f"{path}: header is not valid JSON ({e})") from None
-            if not isinstance(header, dict):
-                raise SafetensorsError(
-                    f"{path}: header is a JSON {type(header).__name__}, expected an object"
-                )
-            self.data_start = 8 + n
-            self.metadata = self._parse_metadata(header.pop("__metadata__", None))
-            data_len = size - self.data_start
-            self.entries: dict[str, _Entry] = {
-                name: self._parse_entry(name, info, data_len) for name, info in header.items()
-            }
-            self._mmap: mmap.mmap | None = None
-            self._closed = False
-            try:
-                self._mmap = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-            except (OSError, ValueError):  # a file system without mmap: read on demand instead
-                self._mmap = None
+        self._closed = False
 
-    def _parse_metadata(self, meta: Any) -> dict[str, str]:
-        if meta is None:
-            return {}
-        if not isinstance(meta, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
-        ):
-            raise SafetensorsError(
-                f"{self.path}: __metadata__ must map strings to strings, found {meta!r}"
-            )
-        return meta
-
-    def _parse_entry(self, name: str, info: Any, data_len: int) -> _Entry:
-        where = f"{self.path}: tensor {name!r}"
-        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
-            raise SafetensorsError(
-                f"{where}: header entry {info!r} is not an object with dtype, shape and "
-                "data_offsets"
-            )
-        try:
-            dtype = str_to_dtype(info["dtype"])
-        except SafetensorsError as e:
-            raise SafetensorsError(f"{where}: {e}") from None
-        shape, offsets = info["shape"], info["data_offsets"]
-        if not isinstance(shape, list) or not all(_is_count(s) for s in shape):
-            raise SafetensorsError(
-                f"{where}: shape {shape!r} is not a list of non-negative integers"
-            )
-        if (
-            not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not all(_is_count(o) for o in offsets)
-            or offsets[0] > offsets[1]
-        ):
-            raise SafetensorsError(
-                f"{where}: data_offsets {offsets!r} is not a pair [begin, end] of integers "
-                "with 0 <= begin <= end"
-            )
-        begin, end = offsets
-        nbytes = math.prod(shape) * dtype.itemsize
-        if end - begin != nbytes:
-            raise SafetensorsError(
-                f"{where}: data_offsets [{begin}, {end}] span {end - begin} bytes, expected "
-                f"{nbytes} (shape {tuple(shape)} x {dtype.itemsize} bytes of {info['dtype']})"
-            )
-        if end > data_len:
-            raise SafetensorsError(
-                f"{where}: data_offsets [{begin}, {end}] lie outside the data area of "
-                f"{data_len} bytes; the file is truncated or corrupt"
-            )
-        return _Entry(dtype, tuple(shape), begin, end)
-
-    def get(self, name: str) -> np.ndarray:
+    def _slice(self, name: str):
         if self._closed:
             raise SafetensorsError(f"{self.path}: checkpoint is closed (reading {name!r})")
-        e = self.entries[name]
-        count = math.prod(e.shape)
-        if count == 0:
-            out = np.empty(e.shape, e.dtype)
-        elif self._mmap is not None:
-            # Zero-copy and read-only; the array keeps the mapping alive on its own.
-            out = np.frombuffer(
-                self._mmap, dtype=e.dtype, count=count, offset=self.data_start + e.begin
+        return self._file.get_slice(name)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._slice(name).get_shape())
+
+    def dtype(self, name: str) -> np.dtype:
+        dtype = self._slice(name).get_dtype()
+        if dtype not in _LIBRARY_READS:
+            raise SafetensorsError(
+                f"{self.path}: tensor {name!r} is {dtype}, which is not read here; supported: "
+                f"{sorted(_LIBRARY_READS)} (convert a quantized checkpoint to bf16 first)"
             )
-        else:
-            out = np.empty(count, e.dtype)
-            with open(self.path, "rb") as fh:
-                fh.seek(self.data_start + e.begin)
-                if fh.readinto(out.view(np.uint8)) != e.end - e.begin:
-                    raise SafetensorsError(f"{self.path}: tensor {name!r}: file was truncated")
-        out = out.reshape(e.shape)
-        out.flags.writeable = False
-        return out
+        return str_to_dtype(dtype)
+
+    def read(self, name: str, index: tuple[slice, ...] | None) -> np.ndarray:
+        self.dtype(name)  # an unsupported dtype is named before the library fails on it
+        try:
+            if index is None:
+                return self._file.get_tensor(name)
+            return self._slice(name)[index]
+        except SafetensorError as e:
+            raise SafetensorsError(f"{self.path}: tensor {name!r}: {e}") from None
 
     def close(self) -> None:
-        self._closed = True
-        if self._mmap is not None:
-            try:
-                self._mmap.close()
-            except BufferError:
-                pass  # arrays handed out still use it; it is unmapped with the last of them
-            self._mmap = None
+        if not self._closed:
+            self._closed = True
+            self._file.__exit__(None, None, None)
 
 
 class SafetensorsCheckpoint:
@@ -287,7 +206,7 @@ class SafetensorsCheckpoint:
             for p in paths:
                 shard = _Shard(p)
                 shards.append(shard)
-                for name in shard.entries:
+                for name in sorted(shard.names):
                     if name in where:
                         raise SafetensorsError(
                             f"tensor {name!r} is stored twice: in {where[name].path} and in "
@@ -328,10 +247,10 @@ class SafetensorsCheckpoint:
             where: dict[str, _Shard] = {}
             for name, shard_name in weight_map.items():
                 shard = opened[shard_name]
-                if name not in shard.entries:
+                if name not in shard.names:
                     raise SafetensorsError(
                         f"{shard.path}: tensor {name!r} is not in this file, but {index} maps "
-                        f"it here (the file holds {len(shard.entries)} tensors)"
+                        f"it here (the file holds {len(shard.names)} tensors)"
                     )
                 where[name] = shard
         except BaseException:
@@ -376,15 +295,19 @@ class SafetensorsCheckpoint:
 
     def shape(self, name: str) -> tuple[int, ...]:
         """The tensor's shape, without reading it."""
-        return self._shard(name).entries[name].shape
+        return self._shard(name).shape(name)
 
     def dtype(self, name: str) -> np.dtype:
         """The tensor's numpy dtype (bf16 is ``ml_dtypes.bfloat16``), without reading it."""
-        return self._shard(name).entries[name].dtype
+        return self._shard(name).dtype(name)
 
     def get(self, name: str) -> np.ndarray:
-        """A read-only array viewing the memory-mapped file (no copy); stays valid after close."""
-        return self._shard(name).get(name)
+        """The whole tensor, read into its own array (valid after close)."""
+        return self._shard(name).read(name, None)
+
+    def get_slice(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
+        """``tensor[index]`` (one slice per leading axis), reading only those bytes of the file."""
+        return self._shard(name).read(name, index)
 
     def close(self) -> None:
         """Releases the files; arrays already returned stay valid."""
@@ -491,7 +414,8 @@ def save_safetensors(
     One ``{prefix}.safetensors`` when ``max_shard_bytes`` is None or everything fits one shard,
     else ``{prefix}-00001-of-0000N.safetensors`` ... plus ``{prefix}.safetensors.index.json``
     (``{"metadata": {"total_size": ...}, "weight_map": {name: file}}``) as transformers writes
-    them. Tensors go in sorted name order; a tensor larger than ``max_shard_bytes`` gets a shard
+    them. Each value is read once (``np.asarray``), in sorted name order, and written before
+    the next is read. A tensor larger than ``max_shard_bytes`` gets a shard
     of its own. ``metadata`` defaults to ``{"format": "pt"}``. Every file is written atomically
     (temp file, fsync, rename); weight and index files of an earlier save with this prefix that
     are not part of this one are removed once the new files are in place.
