@@ -46,7 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from urt_jax.data.media import encode_video
+from tests.media_files import encode_video
 
 # ------------------------------------------------------------------------------ writers
 HF_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])

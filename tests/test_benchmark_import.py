@@ -331,7 +331,7 @@ def test_videogen_rewardbench_csv(tmp_path):
     assert report.problems[0] == f"{src}:row 3: Overall 'C' is not 'A', 'B' or 'same'"
     assert (
         report.problems[1].startswith(f"{src}:row 4: ")
-        and "cannot open video" in (report.problems[1])
+        and "cannot decode video" in (report.problems[1])
     )
     assert (report.records, report.ties) == (3, 1)
     records = _read_back(report)

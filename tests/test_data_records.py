@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.media_files import encode_video
 from urt_jax.data.examples import ExampleBuilder
-from urt_jax.data.media import decode_video, encode_video
+from urt_jax.data.media import decode_video
 from urt_jax.data.pipeline import InvalidDataError
 from urt_jax.data.processor import ProcessorConfig
 from urt_jax.data.records import Media, PreferenceRecord, RecordError

@@ -224,8 +224,12 @@ def test_media_encoded_once_per_prompt_give_the_same_loss_and_gradients(setup, m
         assert once.inputs.pixel_values.shape[0] == (1 if micro else 2) * shape[1]
         assert each.inputs.pixel_values.shape[0] == rows
         ref = trainer._logprobs(trainer.ref_params, trainer.frozen, once.inputs, prompt_length=p)
-        loss, _, grads = trainer._grads(params, trainer.frozen, once, None, ref, p)
-        want_loss, _, want = trainer._grads(params, trainer.frozen, each, None, ref, p)
+        (loss, _), grads = trainer.value_and_grad(
+            params, trainer.frozen, once, None, ref, prompt_length=p
+        )
+        (want_loss, _), want = trainer.value_and_grad(
+            params, trainer.frozen, each, None, ref, prompt_length=p
+        )
         assert float(loss) == pytest.approx(float(want_loss), abs=1e-5)
         flat_got = jax.tree_util.tree_leaves_with_path(grads)
         flat_want = jax.tree.leaves(want)

@@ -9,7 +9,6 @@ from urt_jax.data.processor import (
     ImageError,
     ProcessorConfig,
     process_image,
-    process_images,
     process_video,
     sample_frame_indices,
     smart_resize,
@@ -63,7 +62,9 @@ def test_several_images_concatenate():
     ]
     hf = Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=147456)
     want = hf(images=images, return_tensors="np")
-    pixels, grids = process_images(images, ProcessorConfig(max_pixels=147456))
+    cfg = ProcessorConfig(max_pixels=147456)
+    out = [process_image(im, cfg) for im in images]
+    pixels, grids = np.concatenate([o[0] for o in out]), np.stack([o[1] for o in out])
     np.testing.assert_array_equal(grids, want["image_grid_thw"])
     np.testing.assert_array_equal(pixels, want["pixel_values"])
 

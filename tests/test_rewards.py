@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
+from urt_jax.config import GRPOSection
 from urt_jax.rewards import (
-    RELEASED_REWARDS,
+    RewardSpec,
     accuracy_reward,
     compute_rewards,
     format_reward,
@@ -71,7 +72,9 @@ def test_solution_is_not_stripped():
 
 def test_batched_and_weighted_total():
     texts = [t for t, _, _ in TABLE]
-    total, parts = compute_rewards(RELEASED_REWARDS, texts, [GT] * len(texts))
+    released = parse_reward_specs(GRPOSection().rewards)  # the default is the released pair
+    assert released == [RewardSpec("format", 1.0), RewardSpec("accuracy", 1.0)]
+    total, parts = compute_rewards(released, texts, [GT] * len(texts))
     np.testing.assert_array_equal(parts["format"], [f for _, f, _ in TABLE])
     np.testing.assert_array_equal(parts["accuracy"], [a for _, _, a in TABLE])
     np.testing.assert_array_equal(total, parts["format"] + parts["accuracy"])

@@ -101,9 +101,6 @@ class RewardSpec:
     weight: float = 1.0
 
 
-RELEASED_REWARDS = (RewardSpec("format", 1.0), RewardSpec("accuracy", 1.0))
-
-
 def parse_reward_specs(items: Sequence[str | Mapping[str, Any]]) -> list[RewardSpec]:
     """From a config list: ``["format", {"name": "accuracy", "weight": 2.0}]``."""
     specs = []

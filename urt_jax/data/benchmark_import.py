@@ -48,7 +48,6 @@ naming it and OUT_DIR as its media folder.
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import posixpath
 import secrets
@@ -63,7 +62,7 @@ import yaml
 from urt_jax.atomic import replace_with
 from urt_jax.data.benchmarks.convert import CONVERTERS, Embedded, Item, MediaRef, RowError
 from urt_jax.data.benchmarks.tables import SourceError, iter_rows, source_files
-from urt_jax.data.media import MediaError, open_image
+from urt_jax.data.media import MediaError, open_image, open_video
 from urt_jax.data.readers import MediaResolver, parse_record, write_dataset_yaml, write_jsonl
 from urt_jax.data.records import BENCHMARKS, TIE, RecordError
 
@@ -105,21 +104,6 @@ class ImportReport:
         return "\n".join(lines)
 
 
-def _probe_video(src: str | bytes) -> None:
-    """Opens a video container and checks that it has a video stream (no decoding)."""
-    import av
-
-    name = "<bytes>" if isinstance(src, bytes) else src
-    try:
-        with av.open(io.BytesIO(src) if isinstance(src, bytes) else src) as container:
-            if not container.streams.video:
-                raise MediaError(f"{name}: no video stream")
-    except MediaError:
-        raise
-    except (av.error.FFmpegError, OSError, ValueError) as e:
-        raise MediaError(f"{name}: cannot open video ({e})") from None
-
-
 def _check(src: str | bytes, kind: str) -> str:
     """The file extension for a medium, after checking that it decodes (images) or opens
     (videos); a RowError when it does not."""
@@ -127,7 +111,8 @@ def _check(src: str | bytes, kind: str) -> str:
         if kind == "image":
             fmt = open_image(src).format or "png"
             return _IMAGE_EXTENSIONS.get(fmt, fmt.lower())
-        _probe_video(src)
+        with open_video(src, max_pixels=None):  # opens it and finds its video stream
+            pass
         return "mp4"
     except MediaError as e:
         raise RowError(str(e)) from None

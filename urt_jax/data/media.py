@@ -9,7 +9,6 @@ import os
 import warnings
 from collections.abc import Sequence
 
-import numpy as np
 from PIL import Image
 
 from urt_jax.data.processor import sample_frame_indices
@@ -58,9 +57,10 @@ def load_video(
 
 
 @contextlib.contextmanager
-def _video_stream(src: str | bytes, max_pixels: int):
+def open_video(src: str | bytes, max_pixels: int | None):
     """(container, first video stream, name) of a video file or its bytes, the frame size
-    checked against ``max_pixels``; any decoding error inside becomes a MediaError naming it."""
+    checked against ``max_pixels`` (None: any size); any decoding error inside becomes a
+    MediaError naming it."""
     import av  # PyAV: FFmpeg bindings
 
     name = "<bytes>" if isinstance(src, bytes) else src
@@ -71,7 +71,7 @@ def _video_stream(src: str | bytes, max_pixels: int):
             if not container.streams.video:
                 raise MediaError(f"{name}: no video stream")
             stream = container.streams.video[0]
-            if stream.width * stream.height > max_pixels:
+            if max_pixels is not None and stream.width * stream.height > max_pixels:
                 raise MediaError(
                     f"{name}: {stream.width}x{stream.height} frames exceed the "
                     f"limit of {max_pixels} pixels"
@@ -86,7 +86,7 @@ def _video_stream(src: str | bytes, max_pixels: int):
 def decode_video(
     src: str | bytes, max_frames: int = 8, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 ) -> tuple[list[Image.Image], float]:
-    with _video_stream(src, max_pixels) as (container, stream, name):
+    with open_video(src, max_pixels) as (container, stream, name):
         rate = float(stream.average_rate or stream.guessed_rate or DEFAULT_FRAMES_FPS)
         frames = [f.to_image() for f in container.decode(stream)]
     if not frames:
@@ -108,7 +108,7 @@ def check_media(media: Media, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Non
             open_image(frame, max_pixels)
         return
     src = media.path if media.path is not None else media.data
-    with _video_stream(src, max_pixels) as (container, stream, name):
+    with open_video(src, max_pixels) as (container, stream, name):
         if next(container.decode(stream), None) is None:
             raise MediaError(f"{name}: the video has no frames")
 
@@ -132,20 +132,3 @@ def check_all_media(
     with ThreadPoolExecutor(workers) as pool:
         found = pool.map(problem, records)
         return {i: p for i, p in enumerate(found) if p is not None}
-
-
-def encode_video(frames: Sequence[Image.Image | np.ndarray], path: str, fps: float = 2.0) -> None:
-    """Writes frames as a lossless-ish MPEG-4 file (for tests and synthetic data)."""
-    import av
-
-    arrays = [np.asarray(f.convert("RGB") if isinstance(f, Image.Image) else f) for f in frames]
-    h, w = arrays[0].shape[:2]
-    with av.open(path, mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=int(round(fps)))
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"qscale": "1"}
-        for a in arrays:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)

@@ -40,17 +40,6 @@ class ProcessorConfig:
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
 
-    @classmethod
-    def with_limits(cls, min_pixels: int, max_pixels: int, max_frames: int) -> ProcessorConfig:
-        """The same pixel limits for images and video frames (as the released training)."""
-        return cls(
-            min_pixels=min_pixels,
-            max_pixels=max_pixels,
-            video_min_pixels=min_pixels,
-            video_max_pixels=max_pixels,
-            max_frames=max_frames,
-        )
-
     @property
     def factor(self) -> int:
         return self.patch_size * self.merge_size
@@ -146,14 +135,6 @@ def process_image(
     frames = np.broadcast_to(x[None], (cfg.temporal_patch_size, *x.shape))
     pixels, grid = _patchify(frames, cfg)
     return pixels, np.asarray(grid, np.int64)
-
-
-def process_images(
-    images: Sequence[Image.Image], cfg: ProcessorConfig = ProcessorConfig()
-) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenated pixel_values and image_grid_thw [n, 3] of several images."""
-    out = [process_image(im, cfg) for im in images]
-    return np.concatenate([o[0] for o in out]), np.stack([o[1] for o in out])
 
 
 def process_video(

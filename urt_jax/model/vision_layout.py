@@ -25,10 +25,6 @@ class VisionLayout:
     frame_index: np.ndarray  # [Sf, Lf] int32 patch indices; padding = Np
     num_patches: int  # real patches (rows of pixel_values before padding)
 
-    @property
-    def padded_patches(self) -> int:
-        return self.rot_pos.shape[0]
-
 
 def check_grids(grid_thw: np.ndarray, config: VisionConfig, what: str = "image_grid_thw") -> None:
     grid_thw = np.asarray(grid_thw)

@@ -43,6 +43,7 @@ from urt_jax.sharding.mesh import activation_mesh, batch_ways, put_whole
 from urt_jax.train.core import StepCore
 from urt_jax.train.grpo_loss import (
     check_loss_config,
+    completion_mask,
     group_advantages,
     grpo_loss,
     metric_means,
@@ -138,11 +139,10 @@ def rollout(
             g.advantage_scale,
         )
     )
-    n = out.tokens.shape[1]
-    completion_mask = (np.arange(n)[None, :] < out.lengths[:, None]).astype(np.float32)
+    completions = completion_mask(out.tokens, out.lengths)
     rep = lambda a: np.repeat(a, g.num_generations, axis=0)  # noqa: E731  prompt-major
     ids = np.concatenate([rep(out.prompt_ids), out.tokens], axis=1)
-    mask = np.concatenate([rep(out.prompt_mask), completion_mask.astype(np.int64)], axis=1)
+    mask = np.concatenate([rep(out.prompt_mask), completions.astype(np.int64)], axis=1)
     repeated = pad_rows([e for e in examples for _ in range(g.num_generations)], pad)
     inputs, _ = prepare_inputs(
         model.config,
@@ -153,7 +153,7 @@ def rollout(
     )
     return Rollouts(
         share_media(inputs, g.num_generations),
-        completion_mask,
+        completions,
         out.prompt_ids.shape[1],
         texts,
         total,
@@ -247,17 +247,7 @@ class GRPOTrainer(StepCore):
             self.g,
         )
 
-    def _grads(self, params, frozen, micro: MicroBatch, old_logp, ref_logp, prompt_length: int):
-        """This micro-batch's share of the loss, the metrics' token sums, and the gradients."""
-        (loss, sums), grads = self.value_and_grad(
-            params, frozen, micro, old_logp, ref_logp, prompt_length=prompt_length
-        )
-        return loss, sums, grads
-
     # ------------------------------------------------------------------ host side
-    def reference_model(self) -> Qwen25VL:
-        return self.model(self.ref_params)
-
     def rollout(self, tokenizer, records, to_example, seed: int) -> Rollouts:
         return rollout(self.model(), tokenizer, records, to_example, self.g, self.rewards, seed)
 

@@ -116,9 +116,11 @@ def token_weights(mask: np.ndarray, aggregation: str) -> np.ndarray:
     return AGGREGATIONS[aggregation](np.asarray(mask, np.float64)).astype(np.float32)
 
 
-def completion_mask(tokens: jax.Array, lengths: jax.Array) -> jax.Array:
-    """[R, N] float: 1 for generated tokens up to and including the end token."""
-    return (jnp.arange(tokens.shape[-1])[None, :] < lengths[:, None]).astype(jnp.float32)
+def completion_mask(tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """[R, N] float32 for sampled tokens [R, N] and their lengths [R]: 1 for generated tokens
+    up to and including the end token."""
+    width = np.shape(tokens)[-1]
+    return (np.arange(width)[None, :] < np.asarray(lengths)[:, None]).astype(np.float32)
 
 
 def check_loss_config(cfg: GRPOLossConfig) -> None:
