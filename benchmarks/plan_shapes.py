@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 from urt_jax.config import DataSection, GRPOSection
 from urt_jax.data.batching import Batch, Buckets, collate, pow2_at_least
 from urt_jax.data.processor import smart_resize
-from urt_jax.generate.sampler import PROMPT_BUCKETS, _bucket
+from urt_jax.generate.sampler import prompt_bucket
 from urt_jax.model.config import Qwen25VLConfig
 from urt_jax.model.inputs import BATCH_AXIS, VISION_FIELDS, ModelInputs, prepare_inputs
 from urt_jax.sharding.mesh import batch_sharding, batch_ways
@@ -104,7 +104,7 @@ def grpo_micro_batch(
     grid = image_grid(config, data)
     n_img = int(np.prod(grid)) // config.vision.merge_unit
     prompt_len = PROMPT_TEXT_TOKENS + IMAGES_PER_ROW * (n_img + 2)
-    p = _bucket(prompt_len, PROMPT_BUCKETS)
+    p = prompt_bucket(prompt_len)
     n = g.max_new_tokens
     ids = np.zeros((1, p + n), np.int64)
     mask = np.zeros((1, p + n), np.int64)

@@ -34,7 +34,9 @@ from urt_jax.model.rope import mrope_cos_sin
 from urt_jax.model.text import KVCache
 from urt_jax.sharding.mesh import batch_ways, put_whole, to_host
 
-PROMPT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
+# Prompt lengths a batch is left-padded to, each a program of its own: steps of 1.5x and 4/3x
+# (at most two programs an octave) and multiples of the accelerator attention's 128-token tile.
+PROMPT_BUCKETS = (64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 
 
 @dataclasses.dataclass
@@ -46,7 +48,9 @@ class SampleOutput:
     prompt_mask: np.ndarray  # [B, P]
 
 
-def _bucket(n: int, buckets: Sequence[int]) -> int:
+def prompt_bucket(n: int, buckets: Sequence[int] = PROMPT_BUCKETS) -> int:
+    """The length a prompt of ``n`` tokens is padded to: the first bucket that holds it, past
+    the last a multiple of the last."""
     for b in buckets:
         if n <= b:
             return b
@@ -403,7 +407,7 @@ def _program(
     pad = int(pad_id)
     if suppress_token_ids is None:
         suppress_token_ids = (cfg.image_token_id, cfg.video_token_id)
-    length = _bucket(int(mask.sum(axis=1).max()), prompt_buckets)
+    length = prompt_bucket(int(mask.sum(axis=1).max()), prompt_buckets)
     ids, mask = _to_left_padding(ids, mask, length, pad)
     keys = (
         "pixel_values",
