@@ -205,6 +205,27 @@ def test_placeholders_are_suppressed(pair):
     assert first not in other.tokens
 
 
+@pytest.mark.parametrize("top_p", [0.05, 0.3, 0.9, 0.95, 0.999])
+def test_nucleus_keeps_what_transformers_keeps(top_p):
+    """The nucleus (top-p) filter keeps exactly the tokens transformers' TopPLogitsWarper keeps,
+    on peaked and nearly flat rows of a 32k vocabulary, and after a top-k filter."""
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    rng = np.random.default_rng(int(top_p * 1000))
+    scales = np.array([0.05, 0.5, 2.0, 8.0], np.float32)[:, None]  # flat ... peaked
+    logits = (rng.standard_normal((4, 32_000)).astype(np.float32) * scales).astype(np.float32)
+    for top_k in (0, 50):
+        ours = np.asarray(_filter_logits(jnp.asarray(logits), top_k=top_k, top_p=top_p))
+        theirs = torch.from_numpy(logits.copy())
+        if top_k:
+            theirs = TopKLogitsWarper(top_k)(None, theirs)
+        theirs = TopPLogitsWarper(top_p)(None, theirs).numpy()
+        kept, want = ours > np.finfo(np.float32).min, np.isfinite(theirs)
+        assert kept.sum(axis=1).min() >= 1
+        np.testing.assert_array_equal(kept, want, err_msg=f"top_k={top_k}")
+        np.testing.assert_array_equal(ours[kept], logits[kept])
+
+
 @pytest.mark.parametrize("block", [128, 3])
 def test_inverse_cdf_draws_follow_the_distribution(block):
     """Frequencies of 40k draws within 5 standard errors of softmax(logits); top-k-filtered
