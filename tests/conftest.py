@@ -1,6 +1,7 @@
 """Test setup: 8 fake CPU devices for mesh tests (set before jax is imported anywhere)."""
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -8,6 +9,8 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# media files the pre-flight check passed: remembered per test session, not in ~/.cache
+os.environ.setdefault("URT_JAX_CACHE_DIR", tempfile.mkdtemp(prefix="urt-jax-test-cache-"))
 # Identical computations built by different test objects compile once per session.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/urt-jax-test-jit-cache")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")

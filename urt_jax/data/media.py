@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
+from urt_jax.data.media_cache import CheckedMedia
 from urt_jax.data.processor import sample_frame_indices
 from urt_jax.data.records import Media
 
@@ -114,21 +115,35 @@ def check_media(media: Media, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Non
 
 
 def check_all_media(
-    records: Sequence, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, workers: int | None = None
+    records: Sequence,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    workers: int | None = None,
+    checked: CheckedMedia | None = None,
 ) -> dict[int, str]:
     """{index of a record: why one of its media cannot be used}, every record's media checked
-    (``check_media``) in parallel threads (decoders release the GIL)."""
+    (``check_media``) in parallel threads (decoders release the GIL). Files ``checked`` records
+    as passed, unchanged since, are not opened again; the new passes are added to it."""
     from concurrent.futures import ThreadPoolExecutor
 
     def problem(record) -> str | None:
         try:
             for m in record.media:
-                check_media(m, max_pixels)
+                if checked is None:
+                    check_media(m, max_pixels)
+                    continue
+                key = checked.key(m, max_pixels)
+                if key not in checked:
+                    check_media(m, max_pixels)
+                    checked.add(key)
         except MediaError as e:
             return str(e)
         return None
 
     workers = workers or min(32, 4 * (os.cpu_count() or 1))
-    with ThreadPoolExecutor(workers) as pool:
-        found = pool.map(problem, records)
-        return {i: p for i, p in enumerate(found) if p is not None}
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            found = list(pool.map(problem, records))
+    finally:
+        if checked is not None:
+            checked.save()  # the passes so far, also when interrupted
+    return {i: p for i, p in enumerate(found) if p is not None}

@@ -19,6 +19,7 @@ import jax
 
 from urt_jax.data.batching import Batch, Buckets, collate
 from urt_jax.data.media import check_all_media
+from urt_jax.data.media_cache import CheckedMedia
 from urt_jax.data.readers import read_records
 from urt_jax.data.records import PreferenceRecord, RecordError
 from urt_jax.model.config import Qwen25VLConfig
@@ -36,10 +37,12 @@ def read_checked_items(
     """Every item of a data file or dataset YAML in order: a record, or the RecordError (naming
     its JSON file and line) of one that is malformed or whose media cannot be used. Every media
     file of every record is opened here (``media.check_all_media``), not when its batch
-    arrives."""
+    arrives; files that passed before, unchanged since, are not opened again
+    (``media_cache.CheckedMedia``)."""
     items = list(read_records(path, data_root, labelled))
     valid = [i for i, item in enumerate(items) if not isinstance(item, RecordError)]
-    for k, why in check_all_media([items[i] for i in valid]).items():
+    found = check_all_media([items[i] for i in valid], checked=CheckedMedia())
+    for k, why in found.items():
         items[valid[k]] = RecordError(f"{items[valid[k]].source}: {why}")
     return items
 
