@@ -37,8 +37,6 @@ import dataclasses  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -47,6 +45,7 @@ from flax import nnx  # noqa: E402
 
 from benchmarks.flops import step_flops  # noqa: E402
 from benchmarks.plan_shapes import image_grid, reduced_config, sampling_prompts  # noqa: E402
+from benchmarks.timing import median_seconds  # noqa: E402
 from urt_jax.config import DataSection, TrainSection  # noqa: E402
 from urt_jax.generate.sampler import sample  # noqa: E402
 from urt_jax.model.attention import causal_attention, resolve_kernels  # noqa: E402
@@ -113,17 +112,6 @@ def peak_tflops(kind: str) -> float | None:
         if name.lower() in kind.lower():
             return peak
     return None
-
-
-def timed(fn, repeats: int) -> float:
-    """Median seconds of ``fn()`` (blocked until ready) after one warm-up call."""
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 # ------------------------------------------------------------------------------- parity
@@ -212,8 +200,8 @@ def attention(config: Qwen25VLConfig, kernels: str, rows: int, length: int, repe
         )
         results[name] = np.asarray(forward(q, k, v), np.float32)
         out[name] = {
-            "forward_s": timed(lambda f=forward: f(q, k, v), repeats),
-            "forward_backward_s": timed(lambda f=loss: f(q, k, v), repeats),
+            "forward_s": median_seconds(lambda f=forward: f(q, k, v), repeats),
+            "forward_backward_s": median_seconds(lambda f=loss: f(q, k, v), repeats),
         }
     mask = np.asarray(valid)
     out["max_abs_diff"] = float(np.abs(results[kernels] - results["xla_reference"])[mask].max())
@@ -235,7 +223,7 @@ def sft(config: Qwen25VLConfig, mesh, sizes: Sizes, peak) -> dict:
     batch = sft_batch(config, rows, length, data)
     train = TrainSection(max_steps=1000, learning_rate=1e-6, warmup_ratio=0.0, progress=False)
     trainer = SFTTrainer(training_model(config, mesh), mesh, train, train.max_steps, seed=0)
-    seconds = timed(lambda: trainer.step([batch])["loss"], repeats)
+    seconds = median_seconds(lambda: trainer.step([batch])["loss"], repeats)
     grids = [image_grid(config, data)] * 2 * rows
     targets = rows * (length - length // 2)
     flops = step_flops(config, length, rows * length, targets, grids, True)
@@ -257,7 +245,7 @@ def sampling(config: Qwen25VLConfig, mesh, sizes: Sizes) -> dict:
     model = training_model(config, mesh)
     options = dict(num_samples=sizes.samples, max_new_tokens=sizes.new_tokens, eos_token_ids=[])
     seeds = iter(range(1_000_000))
-    seconds = timed(
+    seconds = median_seconds(
         lambda: sample(model, batch, seed=next(seeds), **options).lengths, sizes.repeats
     )
     tokens = sizes.prompts * sizes.samples * sizes.new_tokens

@@ -14,6 +14,7 @@ from flax import nnx
 
 from benchmarks import workload as wl
 from benchmarks.decode_profile import profile_sampling
+from benchmarks.timing import median_seconds
 from urt_jax.config import TrainSection
 from urt_jax.data.batching import Buckets, batch_sizes, collate
 from urt_jax.model.hf import from_pretrained
@@ -242,13 +243,7 @@ class Ours:
         }
         out: dict = {}
         for name, fn in pieces.items():
-            jax.block_until_ready(fn())
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                jax.block_until_ready(fn())
-                times.append(time.perf_counter() - t0)
-            out[name] = statistics.median(times)
+            out[name] = median_seconds(fn, repeats)
         acc = jax.block_until_ready(accumulate())
         apply_times = []
         for _ in range(repeats + 1):
