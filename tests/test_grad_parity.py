@@ -68,7 +68,8 @@ def _our_gradients(ours, batch, target_index) -> dict[str, np.ndarray]:
         )[0]
 
     # the gradients in the parameters' places, through the export's conversion table
-    return dict(hf_tensors(nnx.merge(graphdef, jax.grad(loss)(params), rest)))
+    grads = hf_tensors(nnx.merge(graphdef, jax.grad(loss)(params), rest))
+    return {key: np.asarray(tensor) for key, tensor in grads.items()}
 
 
 @pytest.mark.parametrize("kernels", ["cpu", "tpu"])

@@ -128,12 +128,11 @@ def check_all_media(
     def problem(record) -> str | None:
         try:
             for m in record.media:
-                if checked is None:
-                    check_media(m, max_pixels)
+                key = checked.key(m, max_pixels) if checked is not None else None
+                if key is not None and key in checked:
                     continue
-                key = checked.key(m, max_pixels)
-                if key not in checked:
-                    check_media(m, max_pixels)
+                check_media(m, max_pixels)
+                if key is not None:
                     checked.add(key)
         except MediaError as e:
             return str(e)

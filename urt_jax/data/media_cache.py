@@ -68,13 +68,11 @@ class CheckedMedia:
         real = os.path.realpath(media.path)
         return (real, st.st_ino, st.st_size, st.st_mtime_ns, int(max_pixels))
 
-    def __contains__(self, key: Key | None) -> bool:
+    def __contains__(self, key: Key) -> bool:
         with self._lock:
-            return key is not None and key in self._known
+            return key in self._known
 
-    def add(self, key: Key | None) -> None:
-        if key is None:
-            return
+    def add(self, key: Key) -> None:
         with self._lock:
             if key not in self._known:
                 self._known.add(key)

@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -398,7 +398,7 @@ class HostTensor:
         return out if dtype is None else out.astype(dtype)
 
 
-def lazy_hf_tensors(model: Qwen25VL) -> dict[str, HostTensor]:
+def hf_tensors(model: Qwen25VL) -> dict[str, HostTensor]:
     """Every parameter as its legacy-layout tensor (legacy key -> HostTensor), none read yet."""
     _, state = nnx.split(model, nnx.Param)
     flat = dict(nnx.to_flat_state(state))
@@ -409,12 +409,6 @@ def lazy_hf_tensors(model: Qwen25VL) -> dict[str, HostTensor]:
             var.get_value() if hasattr(var, "get_value") else var.value, rule
         )
     return tensors
-
-
-def hf_tensors(model: Qwen25VL) -> Iterator[tuple[str, np.ndarray]]:
-    """(legacy key, numpy tensor) for every parameter, in the parameter dtype, one at a time."""
-    for key, tensor in lazy_hf_tensors(model).items():
-        yield key, np.asarray(tensor)
 
 
 def save_pretrained(
@@ -434,7 +428,7 @@ def save_pretrained(
     contents to write as well.
     """
     out_dir = os.fspath(out_dir)
-    tensors = lazy_hf_tensors(model)
+    tensors = hf_tensors(model)
     if writes_here():
         os.makedirs(out_dir, exist_ok=True)
         save_safetensors(tensors, out_dir, max_shard_bytes=max_shard_bytes)
