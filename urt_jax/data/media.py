@@ -19,12 +19,6 @@ DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # PIL's own warning threshold (~ 9459 x 9
 DEFAULT_FRAMES_FPS = 2.0  # rate assumed for a video given as frame images
 
 
-# Every image's size is checked below against max_pixels, so PIL's own warning says nothing new.
-# One process-wide filter: warnings.catch_warnings around each open is not thread-safe, and
-# check_all_media opens images in threads.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-
-
 class MediaError(ValueError):
     """A media file that is missing, undecodable or too large."""
 
@@ -35,7 +29,9 @@ def open_image(src: str | bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> 
     if isinstance(src, str) and not os.path.isfile(src):
         raise MediaError(f"{name}: image file not found")
     try:
-        image = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
+        with warnings.catch_warnings():  # the size is checked here, against max_pixels
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
         if image.width * image.height > max_pixels:
             raise MediaError(
                 f"{name}: {image.width}x{image.height} exceeds the limit of {max_pixels} pixels"
